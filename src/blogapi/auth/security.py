@@ -1,0 +1,62 @@
+"""Password hashing off the event loop, and access tokens."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+
+import anyio
+import jwt
+from anyio import CapacityLimiter
+from pwdlib import PasswordHash
+
+from blogapi.db import MAX_ID
+
+ALGORITHM = "HS256"
+
+_password_hash = PasswordHash.recommended()
+
+
+@lru_cache
+def _dummy_hash() -> str:
+    # Verified against when an email is unknown, so both failures cost one Argon2 verification.
+    return _password_hash.hash("a password nobody has; only its cost matters")
+
+
+@lru_cache
+def _hash_limiter(concurrency: int) -> CapacityLimiter:
+    # Argon2 holds ~64 MiB per call and blocks a thread for tens of milliseconds: a bounded
+    # pool keeps a burst of logins from stalling the loop or exhausting memory.
+    return CapacityLimiter(concurrency)
+
+
+async def hash_password(password: str, *, concurrency: int) -> str:
+    return await anyio.to_thread.run_sync(
+        _password_hash.hash, password, limiter=_hash_limiter(concurrency)
+    )
+
+
+async def verify_password(password: str, password_hash: str | None, *, concurrency: int) -> bool:
+    """Check a password; with no hash (unknown account) spend the same time and fail."""
+    valid = await anyio.to_thread.run_sync(
+        _password_hash.verify, password, password_hash or _dummy_hash(), limiter=_hash_limiter(concurrency)
+    )
+    return valid and password_hash is not None
+
+
+def create_access_token(subject: int, *, secret: str, lifetime: timedelta) -> str:
+    now = datetime.now(UTC)
+    claims = {"sub": str(subject), "iat": now, "exp": now + lifetime}
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def read_access_token(token: str, *, secret: str) -> int | None:
+    """The user id a token was issued for, or None if it is not a valid, current token."""
+    try:
+        claims = jwt.decode(
+            token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp", "iat"]}
+        )
+        user_id = int(claims["sub"])
+    except (jwt.PyJWTError, ValueError, TypeError):
+        return None
+    return user_id if 1 <= user_id <= MAX_ID else None

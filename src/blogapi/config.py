@@ -1,0 +1,82 @@
+"""Settings, read from the environment or a `.env` file."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from typing import Annotated, Self
+
+from fastapi import Depends, Request
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_SECRET_KEY = "dev-secret-key-change-me-dev-secret-key"  # noqa: S105  (refused in production)
+MIN_SECRET_KEY_LENGTH = 32
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+    TEST = "test"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    database_url: str = "sqlite+aiosqlite:///./blogapi.db"
+    secret_key: SecretStr = SecretStr(DEFAULT_SECRET_KEY)
+    environment: Environment = Environment.DEVELOPMENT
+    access_token_minutes: int = Field(default=60, ge=1, le=60 * 24 * 30)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    cors_origins: Annotated[list[str], NoDecode] = []
+    pool_size: int = Field(default=10, ge=1)
+    max_overflow: int = Field(default=5, ge=0)
+    pool_timeout: float = Field(default=5.0, gt=0)
+    pool_recycle: int = Field(default=1800, ge=-1)
+    hash_concurrency: int = Field(default=4, ge=1)
+
+    @field_validator("database_url")
+    @classmethod
+    def use_async_driver(cls, url: str) -> str:
+        """Give plain PostgreSQL and MySQL URLs (as hosting platforms hand them out) an async driver."""
+        scheme, sep, rest = url.partition("://")
+        drivers = {
+            "postgres": "postgresql+asyncpg",
+            "postgresql": "postgresql+asyncpg",
+            "mysql": "mysql+aiomysql",
+            "mariadb": "mysql+aiomysql",
+            "sqlite": "sqlite+aiosqlite",
+        }
+        return f"{drivers.get(scheme, scheme)}{sep}{rest}"
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def refuse_weak_secret_in_production(self) -> Self:
+        if self.environment is Environment.PRODUCTION:
+            secret = self.secret_key.get_secret_value()
+            if secret == DEFAULT_SECRET_KEY or len(secret) < MIN_SECRET_KEY_LENGTH:
+                raise ValueError(
+                    f"SECRET_KEY must be set to a random value of at least {MIN_SECRET_KEY_LENGTH}"
+                    " characters when ENVIRONMENT=production"
+                )
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+def settings_of_app(request: Request) -> Settings:
+    """The settings the running app was built with (tests build apps with their own)."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(settings_of_app)]

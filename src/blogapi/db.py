@@ -1,0 +1,204 @@
+"""The data layer's one place: declarative base, UTC datetime type, engine and session policy.
+
+Everything that decides how blogapi talks to a database (drivers, pool, SQLite pragmas,
+transaction boundaries) lives here, so that PgBouncer, read replicas or another pool
+policy are a change to this module alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from sqlalchemy import DateTime, Dialect, MetaData, event, make_url
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool
+from sqlalchemy.sql.schema import ColumnCollectionConstraint
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+from blogapi.config import Settings
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Integer primary keys are 32-bit on every backend; ids outside this range are never looked up.
+MAX_ID = 2**31 - 1
+
+READ_ONLY = "blogapi_read_only"
+"""Execution option marking a session's connections as serving a read-only request."""
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An aware UTC datetime on every backend, with microseconds.
+
+    PostgreSQL stores `timestamptz`; SQLite and MariaDB have no time zone in their
+    column types, so they store naive UTC and the zone is attached again on the way out.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are ambiguous; pass an aware datetime")
+        value = value.astimezone(UTC)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def normalize_url(database_url: str) -> URL:
+    url = make_url(database_url)
+    if url.get_backend_name() in ("mysql", "mariadb") and "charset" not in url.query:
+        # The server default may be utf8mb3, which cannot store emoji.
+        url = url.update_query_dict({"charset": "utf8mb4"})
+    return url
+
+
+def create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
+    """The engine for `settings`; `pooled=False` opens a connection per use (migrations, scripts)."""
+    url = normalize_url(settings.database_url)
+    backend = url.get_backend_name()
+    options: dict[str, Any] = {"pool_pre_ping": True}
+    if backend == "sqlite":
+        options["connect_args"] = {"timeout": 30}
+    if not pooled:
+        options["poolclass"] = NullPool
+    elif backend != "sqlite":
+        options |= {
+            "pool_size": settings.pool_size,
+            "max_overflow": settings.max_overflow,
+            "pool_timeout": settings.pool_timeout,
+            "pool_recycle": settings.pool_recycle,
+        }
+    if backend == "postgresql":
+        options["connect_args"] = {"server_settings": {"application_name": "blogapi"}}
+    elif backend in ("mysql", "mariadb"):
+        # REPEATABLE READ's gap locks turn concurrent inserts on a unique index into
+        # deadlocks; READ COMMITTED is what PostgreSQL does by default.
+        options["isolation_level"] = "READ COMMITTED"
+    engine = create_async_engine(url, **options)
+    if backend == "sqlite":
+        _configure_sqlite(engine)
+    return engine
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    """WAL, a busy timeout and foreign keys on every connection; BEGIN IMMEDIATE for writes.
+
+    A deferred transaction that reads and then writes gets SQLITE_BUSY at once, without
+    waiting for the busy timeout, when another writer committed in between: so a write
+    transaction takes the write lock when it begins, and readers stay deferred.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves, below
+        cursor = dbapi_connection.cursor()
+        for pragma in (
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA busy_timeout=30000",
+            "PRAGMA synchronous=NORMAL",
+            "PRAGMA foreign_keys=ON",
+        ):
+            cursor.execute(pragma)
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(connection: Connection) -> None:
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    """An engine and the session factories requests use; owned by the app's lifespan."""
+
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    read_sessionmaker: async_sessionmaker[AsyncSession]
+
+    @classmethod
+    def from_engine(cls, engine: AsyncEngine) -> Database:
+        return cls(
+            engine=engine,
+            sessionmaker=async_sessionmaker(engine, expire_on_commit=False),
+            read_sessionmaker=async_sessionmaker(
+                engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False
+            ),
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Database:
+        return cls.from_engine(create_engine(settings))
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def get_database(request: Request) -> Database:
+    database: Database = request.app.state.database
+    return database
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One session and one transaction per request, committed when the endpoint returns."""
+    database = get_database(request)
+    maker = database.read_sessionmaker if request.method in SAFE_METHODS else database.sessionmaker
+    async with maker() as session, session.begin():
+        yield session
+
+
+# scope="function": the commit finishes before the response is sent, so a failed commit
+# becomes an error response instead of a 2xx for data that was never stored.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+def violates(error: IntegrityError, constraint_name: str) -> bool:
+    """Whether an IntegrityError was raised by the named constraint, on any backend.
+
+    PostgreSQL and MariaDB name the constraint; SQLite names its columns instead
+    ("UNIQUE constraint failed: user.email").
+    """
+    message = str(error.orig)
+    if constraint_name in message:
+        return True
+    for table in Base.metadata.tables.values():
+        for constraint in table.constraints:
+            if constraint.name == constraint_name and isinstance(constraint, ColumnCollectionConstraint):
+                columns = ", ".join(f"{table.name}.{column.name}" for column in constraint.columns)
+                return message.endswith(f"constraint failed: {columns}")
+    return False

@@ -1,0 +1,186 @@
+"""Domain errors and their one rendering: RFC 9457 problem details."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import exc as sa_exc
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+RETRY_AFTER_SECONDS = "1"
+
+
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem details object."""
+
+    model_config = ConfigDict(json_schema_extra={"example": {
+        "type": "about:blank", "title": "Not Found", "status": 404, "detail": "post 7 not found",
+    }})
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] | None = None
+
+
+class DomainError(Exception):
+    """An error a client can cause; services raise these and never `HTTPException`."""
+
+    status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
+    headers: dict[str, str] | None = None
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class NotFound(DomainError):
+    status = HTTPStatus.NOT_FOUND
+
+
+class Conflict(DomainError):
+    status = HTTPStatus.CONFLICT
+
+
+class Forbidden(DomainError):
+    status = HTTPStatus.FORBIDDEN
+
+
+class Unauthorized(DomainError):
+    status = HTTPStatus.UNAUTHORIZED
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class ServiceUnavailable(DomainError):
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    headers = {"Retry-After": RETRY_AFTER_SECONDS}
+
+
+class InvalidInput(DomainError):
+    """Input that passed the schema but cannot be used (a tampered cursor, say)."""
+
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+
+
+class PayloadTooLarge(StarletteHTTPException):
+    """Raised while a request body is read, so FastAPI passes it through unchanged."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body exceeds {limit} bytes")
+
+
+def problem_response(
+    status: int,
+    detail: str,
+    *,
+    headers: dict[str, str] | None = None,
+    errors: list[FieldError] | None = None,
+) -> JSONResponse:
+    problem = Problem(title=HTTPStatus(status).phrase, status=status, detail=detail, errors=errors)
+    return JSONResponse(
+        problem.model_dump(exclude_none=True),
+        status_code=status,
+        headers=headers,
+        media_type=PROBLEM_MEDIA_TYPE,
+    )
+
+
+def _service_unavailable(detail: str) -> JSONResponse:
+    return problem_response(
+        HTTPStatus.SERVICE_UNAVAILABLE, detail, headers={"Retry-After": RETRY_AFTER_SECONDS}
+    )
+
+
+async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DomainError)
+    return problem_response(exc.status, exc.detail, headers=exc.headers)
+
+
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return problem_response(exc.status_code, str(exc.detail), headers=exc.headers)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    # Pydantic's errors carry the submitted value ("input"), for a missing field the whole
+    # body, password included: only where and what is reported, never the value.
+    errors = [
+        FieldError(loc=[str(part) if not isinstance(part, int) else part for part in error["loc"]],
+                   msg=error["msg"], type=error["type"])
+        for error in exc.errors()
+    ]
+    return problem_response(
+        HTTPStatus.UNPROCESSABLE_ENTITY, "the request is not valid", errors=errors
+    )
+
+
+async def _integrity_error(request: Request, exc: Exception) -> JSONResponse:
+    # Services map the constraints they expect; reaching here means a race they did not.
+    logger.warning("integrity error on %s %s: %s", request.method, request.url.path, exc.__class__)
+    return problem_response(HTTPStatus.CONFLICT, "the request conflicts with the current state")
+
+
+async def _data_error(request: Request, exc: Exception) -> JSONResponse:
+    # Input the schemas let through but the database refused: a validation gap to close.
+    logger.warning("data error on %s %s: %s", request.method, request.url.path, exc.__class__)
+    return problem_response(HTTPStatus.UNPROCESSABLE_ENTITY, "a value is out of range for storage")
+
+
+async def _pool_timeout(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("database pool exhausted on %s %s", request.method, request.url.path)
+    return _service_unavailable("the service is busy; retry shortly")
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, sa_exc.DBAPIError)
+    if not (exc.connection_invalidated or isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)):
+        return await _unexpected_error(request, exc)
+    logger.error(
+        "database unavailable on %s %s: %s", request.method, request.url.path, exc.orig.__class__.__name__
+    )
+    return _service_unavailable("the database is unavailable; retry shortly")
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem_response(HTTPStatus.INTERNAL_SERVER_ERROR, "an unexpected error occurred")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    handlers: dict[type[Exception], Any] = {
+        DomainError: _domain_error,
+        StarletteHTTPException: _http_error,
+        RequestValidationError: _validation_error,
+        sa_exc.IntegrityError: _integrity_error,
+        sa_exc.DataError: _data_error,
+        sa_exc.TimeoutError: _pool_timeout,
+        sa_exc.DBAPIError: _database_unavailable,
+        Exception: _unexpected_error,
+    }
+    for exc_class, handler in handlers.items():
+        app.add_exception_handler(exc_class, handler)
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the problem responses a route can return."""
+    return {
+        status: {"model": Problem, "description": HTTPStatus(status).phrase}
+        for status in statuses
+    }

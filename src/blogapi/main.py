@@ -1,0 +1,88 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+
+from blogapi import __version__, health
+from blogapi.auth.router import router as auth_router
+from blogapi.config import Settings, get_settings
+from blogapi.db import Database
+from blogapi.errors import PROBLEM_MEDIA_TYPE, install_error_handlers
+from blogapi.middleware import BodySizeLimit
+from blogapi.pagination import CursorCodec
+from blogapi.posts.router import router as posts_router
+from blogapi.users.router import router as users_router
+
+API_PREFIX = "/api/v1"
+
+
+def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
+    """Build the app. Nothing connects until the lifespan starts.
+
+    `database` lets a caller (tests, the benchmark) supply the engine; the app then
+    leaves disposing it to them.
+    """
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.database = database or Database.from_settings(settings)
+        try:
+            yield
+        finally:
+            if database is None:
+                await app.state.database.dispose()
+
+    app = FastAPI(
+        title="blogapi",
+        version=__version__,
+        description="Users and their posts. Errors are RFC 9457 problem details.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.cursor_codec = CursorCodec(settings.secret_key.get_secret_value().encode())
+
+    api = APIRouter(prefix=API_PREFIX)
+    for router in (auth_router, users_router, posts_router):
+        api.include_router(router)
+    app.include_router(api)
+    app.include_router(health.router)
+    install_error_handlers(app)
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["Location"],
+        )
+    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, with errors described as what they are: problem+json."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        for path_item in schema["paths"].values():
+            for operation in path_item.values():
+                for status, response in operation.get("responses", {}).items():
+                    content = response.get("content", {})
+                    if status.isdigit() and int(status) >= 400 and "application/json" in content:
+                        content[PROBLEM_MEDIA_TYPE] = {"schema": {"$ref": "#/components/schemas/Problem"}}
+                        del content["application/json"]
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(unused, None)
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -1,0 +1,7 @@
+"""Every ORM model, imported in one place so metadata (and Alembic) sees all tables."""
+
+from blogapi.db import Base
+from blogapi.posts.models import Post, Tag, post_tag
+from blogapi.users.models import User
+
+__all__ = ["Base", "Post", "Tag", "User", "post_tag"]

@@ -1,0 +1,103 @@
+"""Keyset pagination: opaque, signed cursors and the page envelope every list returns."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from collections.abc import Callable
+from typing import Annotated, Any, Generic, TypeVar
+
+from fastapi import Depends, Query, Request
+from pydantic import BaseModel
+
+from blogapi.errors import InvalidInput
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+MAX_CURSOR_LENGTH = 512
+_SIGNATURE_BYTES = 12
+
+LimitQuery = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Items per page.")]
+CursorQuery = Annotated[
+    str | None,
+    Query(max_length=MAX_CURSOR_LENGTH, description="`next_cursor` from the previous page."),
+]
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class CursorCodec:
+    """Signs cursors so a client can hold them but not forge a position or a list.
+
+    A cursor names the list it belongs to (`kind`), so a posts cursor is refused by users.
+    """
+
+    def __init__(self, secret: bytes) -> None:
+        self._key = hashlib.sha256(b"blogapi-cursor:" + secret).digest()
+
+    def _sign(self, payload: bytes) -> bytes:
+        return hmac.new(self._key, payload, hashlib.sha256).digest()[:_SIGNATURE_BYTES]
+
+    def encode(self, kind: str, position: list[Any]) -> str:
+        payload = json.dumps([kind, *position], separators=(",", ":")).encode()
+        return f"{_b64encode(payload)}.{_b64encode(self._sign(payload))}"
+
+    def decode(self, kind: str, cursor: str) -> list[Any]:
+        try:
+            encoded_payload, encoded_signature = cursor.split(".")
+            payload = _b64decode(encoded_payload)
+            signature = _b64decode(encoded_signature)
+        except ValueError as exc:
+            raise InvalidInput("the cursor is malformed") from exc
+        if not hmac.compare_digest(signature, self._sign(payload)):
+            raise InvalidInput("the cursor is not one this service issued")
+        decoded = json.loads(payload)
+        if not isinstance(decoded, list) or not decoded or decoded[0] != kind:
+            raise InvalidInput(f"the cursor is not for this list of {kind}")
+        return decoded[1:]
+
+
+class PageParams:
+    """The `limit` and `cursor` of a list request, with the codec that reads and writes cursors."""
+
+    def __init__(self, limit: int, cursor: str | None, codec: CursorCodec) -> None:
+        self.limit = limit
+        self.cursor = cursor
+        self.codec = codec
+
+    def position(self, kind: str) -> list[Any] | None:
+        return None if self.cursor is None else self.codec.decode(kind, self.cursor)
+
+    def page(
+        self, kind: str, rows: list[T], key: Callable[[T], list[Any]], build: Callable[[T], R]
+    ) -> Page[R]:
+        """Build a page from up to `limit + 1` rows; the extra row only says there is more."""
+        has_more = len(rows) > self.limit
+        rows = rows[: self.limit]
+        next_cursor = self.codec.encode(kind, key(rows[-1])) if has_more else None
+        return Page[R](items=[build(row) for row in rows], next_cursor=next_cursor)
+
+
+def page_params(request: Request, limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None) -> PageParams:
+    codec: CursorCodec = request.app.state.cursor_codec
+    return PageParams(limit, cursor, codec)
+
+
+PageDep = Annotated[PageParams, Depends(page_params)]

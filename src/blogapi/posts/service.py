@@ -1,0 +1,156 @@
+"""Posts and their tags. Never commits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import joinedload, selectinload
+
+from blogapi.errors import Forbidden, NotFound
+from blogapi.pagination import Page, PageParams
+from blogapi.posts.models import Post, Tag, post_tag
+from blogapi.posts.schemas import PostCreate, PostRead, PostUpdate, TagRead
+from blogapi.users import service as users_service
+from blogapi.users.models import User
+from blogapi.users.schemas import Author
+
+# Everything a PostRead shows, in a fixed number of statements whatever the page size:
+# the author joined into the posts query, the tags in one more SELECT ... IN.
+_POST_LOADS = (
+    joinedload(Post.author).load_only(User.id, User.name),
+    selectinload(Post.tags),
+)
+
+
+def to_read(post: Post) -> PostRead:
+    return PostRead(
+        id=post.id,
+        title=post.title,
+        body=post.body,
+        author=Author(id=post.author.id, name=post.author.name),
+        tags=[tag.name for tag in post.tags],
+        created_at=post.created_at,
+        updated_at=post.updated_at,
+    )
+
+
+async def _tags_named(session: AsyncSession, names: Sequence[str]) -> list[Tag]:
+    """The tags with these names, creating the missing ones without racing other requests."""
+    if not names:
+        return []
+    dialect = session.get_bind().dialect.name
+    rows = [{"name": name} for name in names]
+    # Two requests may create one new tag at once: let the database keep the first.
+    if dialect == "postgresql":
+        await session.execute(postgresql.insert(Tag).values(rows).on_conflict_do_nothing())
+    elif dialect == "sqlite":
+        await session.execute(sqlite.insert(Tag).values(rows).on_conflict_do_nothing())
+    else:
+        insert = mysql.insert(Tag).values(rows)
+        await session.execute(insert.on_duplicate_key_update(name=insert.inserted.name))
+    return list(await session.scalars(select(Tag).where(Tag.name.in_(names)).order_by(Tag.name)))
+
+
+async def create_post(session: AsyncSession, author: User, data: PostCreate) -> PostRead:
+    post = Post(author=author, title=data.title, body=data.body, tags=await _tags_named(session, data.tags))
+    session.add(post)
+    await session.flush()
+    return to_read(post)
+
+
+async def _load_post(session: AsyncSession, post_id: int) -> Post:
+    post = await session.scalar(select(Post).where(Post.id == post_id).options(*_POST_LOADS))
+    if post is None:
+        raise NotFound(f"post {post_id} not found")
+    return post
+
+
+async def get_post(session: AsyncSession, post_id: int) -> PostRead:
+    return to_read(await _load_post(session, post_id))
+
+
+async def _owned_post(session: AsyncSession, post_id: int, actor: User) -> Post:
+    post = await _load_post(session, post_id)
+    if not (actor.is_admin or post.author_id == actor.id):
+        raise Forbidden("only the author or an admin may change this post")
+    return post
+
+
+async def update_post(session: AsyncSession, post_id: int, data: PostUpdate, actor: User) -> PostRead:
+    post = await _owned_post(session, post_id, actor)
+    changes = data.model_dump(exclude_unset=True)
+    if "tags" in changes:
+        post.tags = await _tags_named(session, changes.pop("tags"))
+    for field, value in changes.items():
+        setattr(post, field, value)
+    await session.flush()
+    return to_read(post)
+
+
+async def delete_post(session: AsyncSession, post_id: int, actor: User) -> None:
+    post = await _owned_post(session, post_id, actor)
+    await session.delete(post)
+    await session.flush()
+
+
+def _newest_first(query: Select[tuple[Post]], position: list[Any] | None) -> Select[tuple[Post]]:
+    if position is not None:
+        created_at, post_id = datetime.fromisoformat(position[0]), int(position[1])
+        query = query.where(
+            or_(Post.created_at < created_at, and_(Post.created_at == created_at, Post.id < post_id))
+        )
+    return query.order_by(Post.created_at.desc(), Post.id.desc())
+
+
+async def list_posts(
+    session: AsyncSession,
+    params: PageParams,
+    *,
+    author_id: int | None = None,
+    tag: str | None = None,
+    title_contains: str | None = None,
+) -> Page[PostRead]:
+    query = select(Post).options(*_POST_LOADS).limit(params.limit + 1)
+    if author_id is not None:
+        query = query.where(Post.author_id == author_id)
+    if tag is not None:
+        query = query.where(Post.tags.any(Tag.name == tag.lower()))
+    if title_contains:
+        query = query.where(Post.title.icontains(title_contains, autoescape=True))
+    query = _newest_first(query, params.position("posts"))
+    posts = list((await session.scalars(query)).unique())
+    return params.page(
+        "posts", posts, key=lambda post: [post.created_at.isoformat(), post.id], build=to_read
+    )
+
+
+async def list_user_posts(session: AsyncSession, user_id: int, params: PageParams) -> Page[PostRead]:
+    await users_service.get_user(session, user_id)
+    return await list_posts(session, params, author_id=user_id)
+
+
+async def list_tags(session: AsyncSession, params: PageParams) -> Page[TagRead]:
+    post_count = func.count(post_tag.c.post_id)
+    query = (
+        select(Tag.name, post_count.label("post_count"))
+        .join(post_tag, post_tag.c.tag_id == Tag.id)
+        .group_by(Tag.id, Tag.name)
+        .order_by(post_count.desc(), Tag.name)
+        .limit(params.limit + 1)
+    )
+    position = params.position("tags")
+    if position is not None:
+        count, name = int(position[0]), str(position[1])
+        query = query.having(or_(post_count < count, and_(post_count == count, Tag.name > name)))
+    rows = list((await session.execute(query)).tuples())
+    return params.page(
+        "tags",
+        rows,
+        key=lambda row: [row[1], row[0]],
+        build=lambda row: TagRead(name=row[0], post_count=row[1]),
+    )

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from blogapi.users.models import EMAIL_MAX, NAME_MAX
+from blogapi.validation import SINGLE_LINE, Encodable
+
+PASSWORD_MIN = 8
+PASSWORD_MAX = 128
+
+Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=NAME_MAX, pattern=SINGLE_LINE),
+    Encodable,
+]
+# Lower-cased so that Alice@Example.com and alice@example.com are one account.
+Email = Annotated[
+    str,
+    StringConstraints(
+        to_lower=True,
+        max_length=EMAIL_MAX,
+        pattern=r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f.]+(\.[^@\s\x00-\x1f\x7f.]+)+$",
+    ),
+    Encodable,
+]
+Password = Annotated[str, StringConstraints(min_length=PASSWORD_MIN, max_length=PASSWORD_MAX), Encodable]
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    email: Email
+    password: Password
+
+
+class UserUpdate(BaseModel):
+    """Only the fields sent are changed; none may be null."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name = Field(default=None)
+    email: Email = Field(default=None)
+    password: Password = Field(default=None)
+    is_admin: bool = Field(default=None, description="Only an admin may change this.")
+
+
+class UserRead(BaseModel):
+    id: int
+    name: str
+    email: str | None = Field(description="Shown only to the user themself and to admins.")
+    is_admin: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class Author(BaseModel):
+    id: int
+    name: str

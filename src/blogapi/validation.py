@@ -1,0 +1,22 @@
+"""Text checks shared by the schemas: what every backend can store, checked before it is sent."""
+
+from __future__ import annotations
+
+from pydantic import AfterValidator
+
+# No C0 control characters (NUL in particular, which PostgreSQL text cannot hold) nor DEL.
+SINGLE_LINE = r"^[^\x00-\x1f\x7f]*$"
+# Multi-line text may keep tabs and line breaks.
+MULTI_LINE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+
+
+def _encodable(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("text must be valid Unicode (no lone surrogates)") from exc
+    return value
+
+
+Encodable = AfterValidator(_encodable)
+"""Rejects lone surrogates: JSON can carry them, UTF-8 (and so no database) cannot."""
