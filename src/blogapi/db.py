@@ -16,6 +16,7 @@ from fastapi import Depends, Request
 from sqlalchemy import DateTime, Dialect, MetaData, event, make_url
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import URL, Connection
+from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
@@ -46,6 +47,15 @@ class Base(DeclarativeBase):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def created_at_or_now(context: DefaultExecutionContext) -> datetime:
+    """Default for `updated_at`: a new row was last updated when it was created.
+
+    Column defaults run in column order, so `created_at` (declared first) is already set.
+    """
+    created_at = context.get_current_parameters().get("created_at")  # type: ignore[no-untyped-call]
+    return created_at if isinstance(created_at, datetime) else utcnow()
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from http import HTTPStatus
-from typing import Any
+from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,9 +29,16 @@ class FieldError(BaseModel):
 class Problem(BaseModel):
     """An RFC 9457 problem details object."""
 
-    model_config = ConfigDict(json_schema_extra={"example": {
-        "type": "about:blank", "title": "Not Found", "status": 404, "detail": "post 7 not found",
-    }})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "type": "about:blank",
+                "title": "Not Found",
+                "status": 404,
+                "detail": "post 7 not found",
+            }
+        }
+    )
 
     type: str = "about:blank"
     title: str
@@ -43,7 +51,7 @@ class DomainError(Exception):
     """An error a client can cause; services raise these and never `HTTPException`."""
 
     status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
-    headers: dict[str, str] | None = None
+    headers: ClassVar[dict[str, str] | None] = None
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -64,12 +72,12 @@ class Forbidden(DomainError):
 
 class Unauthorized(DomainError):
     status = HTTPStatus.UNAUTHORIZED
-    headers = {"WWW-Authenticate": "Bearer"}
+    headers: ClassVar[dict[str, str] | None] = {"WWW-Authenticate": "Bearer"}
 
 
 class ServiceUnavailable(DomainError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
-    headers = {"Retry-After": RETRY_AFTER_SECONDS}
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": RETRY_AFTER_SECONDS}
 
 
 class InvalidInput(DomainError):
@@ -89,7 +97,7 @@ def problem_response(
     status: int,
     detail: str,
     *,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
     errors: list[FieldError] | None = None,
 ) -> JSONResponse:
     problem = Problem(title=HTTPStatus(status).phrase, status=status, detail=detail, errors=errors)
@@ -122,13 +130,14 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     # Pydantic's errors carry the submitted value ("input"), for a missing field the whole
     # body, password included: only where and what is reported, never the value.
     errors = [
-        FieldError(loc=[str(part) if not isinstance(part, int) else part for part in error["loc"]],
-                   msg=error["msg"], type=error["type"])
+        FieldError(
+            loc=[str(part) if not isinstance(part, int) else part for part in error["loc"]],
+            msg=error["msg"],
+            type=error["type"],
+        )
         for error in exc.errors()
     ]
-    return problem_response(
-        HTTPStatus.UNPROCESSABLE_ENTITY, "the request is not valid", errors=errors
-    )
+    return problem_response(HTTPStatus.UNPROCESSABLE_ENTITY, "the request is not valid", errors=errors)
 
 
 async def _integrity_error(request: Request, exc: Exception) -> JSONResponse:
@@ -180,7 +189,4 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the problem responses a route can return."""
-    return {
-        status: {"model": Problem, "description": HTTPStatus(status).phrase}
-        for status in statuses
-    }
+    return {status: {"model": Problem, "description": HTTPStatus(status).phrase} for status in statuses}

@@ -95,7 +95,9 @@ class PageParams:
         return Page[R](items=[build(row) for row in rows], next_cursor=next_cursor)
 
 
-def page_params(request: Request, limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None) -> PageParams:
+def page_params(
+    request: Request, limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None
+) -> PageParams:
     codec: CursorCodec = request.app.state.cursor_codec
     return PageParams(limit, cursor, codec)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 from faker import Faker
 from rich.progress import Progress
@@ -42,7 +43,7 @@ async def create_admin(settings: Settings, *, email: str, name: str, password: s
 
 async def seed_database(settings: Settings, users: int, posts_per_user: int, random_seed: int) -> str:
     started = time.perf_counter()
-    rng = random.Random(random_seed)
+    rng = random.Random(random_seed)  # noqa: S311  (repeatable fake data, not secrets)
     fake = Faker()
     fake.seed_instance(random_seed)
     password_hash = await hash_password(SEED_PASSWORD, concurrency=1)
@@ -75,11 +76,15 @@ async def seed_database(settings: Settings, users: int, posts_per_user: int, ran
                         "updated_at": joined,
                     })  # fmt: skip
                 async with database.sessionmaker.begin() as session:
-                    user_ids = list(await session.scalars(insert(User).returning(User.id, sort_by_parameter_order=True), user_rows))
+                    user_ids = list(
+                        await session.scalars(
+                            insert(User).returning(User.id, sort_by_parameter_order=True), user_rows
+                        )
+                    )
                     progress.advance(user_task, count)
                     post_rows = []
                     for user_id, user_row in zip(user_ids, user_rows, strict=True):
-                        joined = user_row["created_at"]
+                        joined = cast(datetime, user_row["created_at"])
                         for _ in range(posts_per_user):
                             written = joined + (now - joined) * rng.random()
                             post_rows.append({
@@ -89,7 +94,11 @@ async def seed_database(settings: Settings, users: int, posts_per_user: int, ran
                                 "created_at": written,
                                 "updated_at": written,
                             })  # fmt: skip
-                    post_ids = list(await session.scalars(insert(Post).returning(Post.id, sort_by_parameter_order=True), post_rows))
+                    post_ids = list(
+                        await session.scalars(
+                            insert(Post).returning(Post.id, sort_by_parameter_order=True), post_rows
+                        )
+                    )
                     tag_rows = [
                         {"post_id": post_id, "tag_id": tag_id}
                         for post_id in post_ids

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BaseModel, ConfigDict, field_validator
 
 # No C0 control characters (NUL in particular, which PostgreSQL text cannot hold) nor DEL.
 SINGLE_LINE = r"^[^\x00-\x1f\x7f]*$"
@@ -20,3 +20,20 @@ def _encodable(value: str) -> str:
 
 Encodable = AfterValidator(_encodable)
 """Rejects lone surrogates: JSON can carry them, UTF-8 (and so no database) cannot."""
+
+
+class PartialUpdate(BaseModel):
+    """Base for PATCH bodies: a field may be left out, but not sent as null.
+
+    Fields are declared `T | SkipJsonSchema[None] = None` so that the OpenAPI document
+    shows them as non-nullable while "not sent" stays distinguishable (`exclude_unset`).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("may be left out, but not null")
+        return value

@@ -11,7 +11,7 @@ from blogapi.db import SessionDep
 from blogapi.errors import Unauthorized
 from blogapi.users.models import User
 
-TOKEN_URL = "/api/v1/auth/token"
+TOKEN_URL = "/api/v1/auth/token"  # noqa: S105  (a URL, not a secret)
 
 _required_token = OAuth2PasswordBearer(tokenUrl=TOKEN_URL)
 _optional_token = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, auto_error=False)

@@ -31,9 +31,7 @@ def _hash_limiter(concurrency: int) -> CapacityLimiter:
 
 
 async def hash_password(password: str, *, concurrency: int) -> str:
-    return await anyio.to_thread.run_sync(
-        _password_hash.hash, password, limiter=_hash_limiter(concurrency)
-    )
+    return await anyio.to_thread.run_sync(_password_hash.hash, password, limiter=_hash_limiter(concurrency))
 
 
 async def verify_password(password: str, password_hash: str | None, *, concurrency: int) -> bool:
@@ -53,9 +51,7 @@ def create_access_token(subject: int, *, secret: str, lifetime: timedelta) -> st
 def read_access_token(token: str, *, secret: str) -> int | None:
     """The user id a token was issued for, or None if it is not a valid, current token."""
     try:
-        claims = jwt.decode(
-            token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp", "iat"]}
-        )
+        claims = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp", "iat"]})
         user_id = int(claims["sub"])
     except (jwt.PyJWTError, ValueError, TypeError):
         return None

@@ -6,7 +6,7 @@ from sqlalchemy import Column, ForeignKey, Index, String, Table, Text
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from blogapi.db import Base, UTCDateTime, utcnow
+from blogapi.db import Base, UTCDateTime, created_at_or_now, utcnow
 from blogapi.users.models import User
 
 TITLE_MAX = 200
@@ -48,7 +48,7 @@ class Post(Base):
     title: Mapped[str] = mapped_column(String(TITLE_MAX))
     body: Mapped[str] = mapped_column(BodyType, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=created_at_or_now, onupdate=utcnow)
 
     author: Mapped[User] = relationship(back_populates="posts", lazy="raise")
     tags: Mapped[list[Tag]] = relationship(secondary=post_tag, lazy="raise", order_by=Tag.name)

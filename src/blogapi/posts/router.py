@@ -17,12 +17,8 @@ router = APIRouter(tags=["posts"])
 PostId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
-@router.post(
-    "/posts", status_code=status.HTTP_201_CREATED, responses=error_responses(401, 413, 422)
-)
-async def create_post(
-    data: PostCreate, session: SessionDep, me: CurrentUser, response: Response
-) -> PostRead:
+@router.post("/posts", status_code=status.HTTP_201_CREATED, responses=error_responses(401, 413, 422))
+async def create_post(data: PostCreate, session: SessionDep, me: CurrentUser, response: Response) -> PostRead:
     post = await service.create_post(session, me, data)
     response.headers["Location"] = f"/api/v1/posts/{post.id}"
     return post
@@ -34,7 +30,9 @@ async def list_posts(
     page: PageDep,
     author_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     tag: Annotated[TagName | None, Query()] = None,
-    q: Annotated[str | None, Query(max_length=TITLE_MAX, description="Case-insensitive title filter.")] = None,
+    q: Annotated[
+        str | None, Query(max_length=TITLE_MAX, description="Case-insensitive title filter.")
+    ] = None,
 ) -> Page[PostRead]:
     return await service.list_posts(session, page, author_id=author_id, tag=tag, title_contains=q)
 

@@ -4,10 +4,11 @@ from datetime import datetime
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic.json_schema import SkipJsonSchema
 
 from blogapi.posts.models import BODY_MAX, TAG_MAX, TAGS_PER_POST_MAX, TITLE_MAX
 from blogapi.users.schemas import Author
-from blogapi.validation import MULTI_LINE, SINGLE_LINE, Encodable
+from blogapi.validation import MULTI_LINE, SINGLE_LINE, Encodable, PartialUpdate
 
 Title = Annotated[
     str,
@@ -39,14 +40,12 @@ class PostCreate(BaseModel):
     tags: TagNames = []
 
 
-class PostUpdate(BaseModel):
+class PostUpdate(PartialUpdate):
     """Only the fields sent are changed; none may be null. `tags` replaces the post's tags."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    title: Title = Field(default=None)
-    body: Body = Field(default=None)
-    tags: TagNames = Field(default=None)
+    title: Title | SkipJsonSchema[None] = None
+    body: Body | SkipJsonSchema[None] = None
+    tags: TagNames | SkipJsonSchema[None] = None
 
 
 class PostRead(BaseModel):

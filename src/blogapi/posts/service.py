@@ -98,7 +98,7 @@ async def delete_post(session: AsyncSession, post_id: int, actor: User) -> None:
     await session.flush()
 
 
-def _newest_first(query: Select[tuple[Post]], position: list[Any] | None) -> Select[tuple[Post]]:
+def _newest_first(query: Select[Post], position: list[Any] | None) -> Select[Post]:
     if position is not None:
         created_at, post_id = datetime.fromisoformat(position[0]), int(position[1])
         query = query.where(
@@ -124,9 +124,7 @@ async def list_posts(
         query = query.where(Post.title.icontains(title_contains, autoescape=True))
     query = _newest_first(query, params.position("posts"))
     posts = list((await session.scalars(query)).unique())
-    return params.page(
-        "posts", posts, key=lambda post: [post.created_at.isoformat(), post.id], build=to_read
-    )
+    return params.page("posts", posts, key=lambda post: [post.created_at.isoformat(), post.id], build=to_read)
 
 
 async def list_user_posts(session: AsyncSession, user_id: int, params: PageParams) -> Page[PostRead]:

@@ -7,7 +7,7 @@ from sqlalchemy import Boolean, String
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from blogapi.db import Base, UTCDateTime, utcnow
+from blogapi.db import Base, UTCDateTime, created_at_or_now, utcnow
 
 if TYPE_CHECKING:
     from blogapi.posts.models import Post
@@ -32,8 +32,6 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(PASSWORD_HASH_MAX))
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=created_at_or_now, onupdate=utcnow)
 
-    posts: Mapped[list[Post]] = relationship(
-        back_populates="author", lazy="raise", passive_deletes=True
-    )
+    posts: Mapped[list[Post]] = relationship(back_populates="author", lazy="raise", passive_deletes=True)

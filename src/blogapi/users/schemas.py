@@ -4,9 +4,10 @@ from datetime import datetime
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic.json_schema import SkipJsonSchema
 
 from blogapi.users.models import EMAIL_MAX, NAME_MAX
-from blogapi.validation import SINGLE_LINE, Encodable
+from blogapi.validation import SINGLE_LINE, Encodable, PartialUpdate
 
 PASSWORD_MIN = 8
 PASSWORD_MAX = 128
@@ -37,15 +38,13 @@ class UserCreate(BaseModel):
     password: Password
 
 
-class UserUpdate(BaseModel):
+class UserUpdate(PartialUpdate):
     """Only the fields sent are changed; none may be null."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    name: Name = Field(default=None)
-    email: Email = Field(default=None)
-    password: Password = Field(default=None)
-    is_admin: bool = Field(default=None, description="Only an admin may change this.")
+    name: Name | SkipJsonSchema[None] = None
+    email: Email | SkipJsonSchema[None] = None
+    password: Password | SkipJsonSchema[None] = None
+    is_admin: bool | SkipJsonSchema[None] = Field(default=None, description="Only an admin may change this.")
 
 
 class UserRead(BaseModel):

@@ -6,6 +6,7 @@ Create Date: 2026-11-25 15:20:35
 """
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -18,12 +19,10 @@ depends_on: str | Sequence[str] | None = None
 
 
 def _binary_varchar(length: int) -> sa.types.TypeEngine[str]:
-    return sa.String(length).with_variant(
-        mysql.VARCHAR(length, collation="utf8mb4_bin"), "mysql", "mariadb"
-    )
+    return sa.String(length).with_variant(mysql.VARCHAR(length, collation="utf8mb4_bin"), "mysql", "mariadb")
 
 
-def _utc_datetime() -> sa.types.TypeEngine[object]:
+def _utc_datetime() -> sa.types.TypeEngine[datetime]:
     return sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 
@@ -52,9 +51,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("author_id", sa.Integer(), nullable=False),
         sa.Column("title", sa.String(200), nullable=False),
-        sa.Column(
-            "body", sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb"), nullable=False
-        ),
+        sa.Column("body", sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb"), nullable=False),
         sa.Column("created_at", _utc_datetime(), nullable=False),
         sa.Column("updated_at", _utc_datetime(), nullable=False),
         sa.ForeignKeyConstraint(

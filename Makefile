@@ -1,0 +1,40 @@
+# Everything installs from the lock file into .venv, with the system Python (no downloads of Python).
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+UV := .cache/uv/bin/uv
+BIN := .venv/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON := $(PYTHON)
+
+.PHONY: help install run test lint format clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(UV):
+	$(PYTHON) -m venv .cache/uv
+	.cache/uv/bin/python -m pip install --quiet uv==$(UV_VERSION)
+
+install: $(UV)  ## create .venv from uv.lock
+	$(UV) sync --frozen --quiet
+
+run: install  ## migrate the database (SQLite by default) and serve on http://$(HOST):$(PORT)
+	$(BIN)/blogapi db upgrade
+	exec $(BIN)/blogapi serve --host $(HOST) --port $(PORT)
+
+test: install  ## the whole suite: SQLite always, PostgreSQL and MariaDB when reachable
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install  ## formatting, lint and strict typing, as CI runs them
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+format: install  ## apply formatting and safe lint fixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:  ## remove the environment and caches
+	rm -rf .venv .cache .mypy_cache .ruff_cache .pytest_cache

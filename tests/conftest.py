@@ -1,0 +1,246 @@
+"""The database matrix: every test that uses `client` runs on SQLite, PostgreSQL and MariaDB.
+
+SQLite always runs (a temporary file, WAL). PostgreSQL and MariaDB run when reachable at
+BLOGAPI_TEST_POSTGRES_URL / BLOGAPI_TEST_MARIADB_URL and are skipped, with the reason
+printed at the end, when not. BLOGAPI_TEST_REQUIRE=postgresql,mariadb (as CI sets it)
+turns an unreachable backend into a failure instead.
+
+Tests commit for real, each on the app's real session code, and every table is emptied
+after each test: commit timing, races and faults cannot be tested inside a rolled-back
+outer transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from alembic import command
+from asgi_lifespan import LifespanManager
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
+from sqlalchemy import delete, event, make_url, text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from blogapi.auth import security
+from blogapi.cli import alembic_config
+from blogapi.config import Environment, Settings
+from blogapi.db import Database
+from blogapi.main import create_app
+from blogapi.models import Base
+from blogapi.users import service as users_service
+from blogapi.users.schemas import UserCreate
+
+BACKENDS = ("sqlite", "postgresql", "mariadb")
+SERVER_URLS = {
+    "postgresql": os.environ.get(
+        "BLOGAPI_TEST_POSTGRES_URL", "postgresql+asyncpg://root@127.0.0.1:5432/blogapi_test"
+    ),
+    "mariadb": os.environ.get(
+        "BLOGAPI_TEST_MARIADB_URL", "mysql+aiomysql://root@127.0.0.1:3306/blogapi_test"
+    ),
+}
+REQUIRED = {name.strip() for name in os.environ.get("BLOGAPI_TEST_REQUIRE", "").split(",") if name.strip()}
+TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
+PASSWORD = "correct horse battery"
+
+_skipped_backends: dict[str, str] = {}
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    ran = [name for name in BACKENDS if name not in _skipped_backends]
+    terminalreporter.write_sep("=", "database backends")
+    terminalreporter.write_line(f"tested on: {', '.join(ran)}")
+    for name, reason in _skipped_backends.items():
+        terminalreporter.write_line(f"SKIPPED {name}: {reason}", yellow=True)
+
+
+async def _create_database(url: str) -> None:
+    """Create the test database on its server if it does not exist yet."""
+    target = make_url(url)
+    name = target.database
+    if target.get_backend_name() == "postgresql":
+        admin = create_async_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        async with admin.connect() as connection:
+            exists = await connection.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
+            if not exists:
+                await connection.execute(text(f'CREATE DATABASE "{name}"'))
+    else:
+        admin = create_async_engine(target.set(database=""))
+        async with admin.connect() as connection:
+            await connection.execute(
+                text(f"CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci")
+            )
+    await admin.dispose()
+
+
+async def _drop_everything(url: str) -> None:
+    engine = create_async_engine(url)
+    async with engine.begin() as connection:
+        await connection.run_sync(Base.metadata.drop_all)
+        await connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
+    await engine.dispose()
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    command.upgrade(alembic_config(url), revision)
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A migrated, empty database on one backend, for the whole session."""
+    backend: str = request.param
+    if backend == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sqlite') / 'blogapi.db'}"
+    else:
+        url = SERVER_URLS[backend]
+        try:
+            await asyncio.wait_for(_create_database(url), timeout=10)
+        except Exception as exc:
+            reason = f"{make_url(url).render_as_string(hide_password=True)} unreachable ({exc.__class__.__name__}: {exc})"
+            if backend in REQUIRED:
+                pytest.fail(f"required backend {reason}")
+            _skipped_backends[backend] = reason
+            pytest.skip(reason)
+        await _drop_everything(url)
+    # env.py runs its own event loop: migrate from a thread, as the CLI would.
+    await asyncio.to_thread(upgrade, url)
+    return url
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Argon2id still, with test-sized cost; one test checks the production parameters."""
+    monkeypatch.setattr(
+        security, "_password_hash", PasswordHash((Argon2Hasher(time_cost=1, memory_cost=1024, parallelism=1),))
+    )
+    security._dummy_hash.cache_clear()
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(
+        database_url=database_url,
+        secret_key=TEST_SECRET,  # type: ignore[arg-type]
+        environment=Environment.TEST,
+        max_body_bytes=64 * 1024,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+
+
+@pytest.fixture
+async def database(settings: Settings) -> AsyncIterator[Database]:
+    database = Database.from_settings(settings)
+    yield database
+    # Nothing a test did may leave a connection checked out (PITFALLS 0.5).
+    assert database.engine.pool.checkedout() == 0, "a connection was not returned to the pool"
+    async with database.sessionmaker.begin() as session:
+        for table in reversed(Base.metadata.sorted_tables):
+            await session.execute(delete(table))
+    await database.dispose()
+
+
+@pytest.fixture
+async def app_and_client(settings: Settings, database: Database) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+    app = create_app(settings, database)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield app, client
+
+
+@pytest.fixture
+def client(app_and_client: tuple[Any, httpx.AsyncClient]) -> httpx.AsyncClient:
+    return app_and_client[1]
+
+
+@dataclass
+class Account:
+    id: int
+    email: str
+    name: str
+    token: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Accounts:
+    """Signs users up and logs them in through the API; admins are made by the service."""
+
+    def __init__(self, client: httpx.AsyncClient, database: Database, settings: Settings) -> None:
+        self.client = client
+        self.database = database
+        self.settings = settings
+        self.count = 0
+
+    async def login(self, email: str, password: str = PASSWORD) -> str:
+        response = await self.client.post("/api/v1/auth/token", data={"username": email, "password": password})
+        assert response.status_code == 200, response.text
+        token: str = response.json()["access_token"]
+        return token
+
+    async def create(self, name: str | None = None, *, admin: bool = False) -> Account:
+        self.count += 1
+        name = name or f"User {self.count}"
+        email = f"user{self.count}@example.com"
+        if admin:
+            async with self.database.sessionmaker.begin() as session:
+                user = await users_service.create_user(
+                    session, UserCreate(name=name, email=email, password=PASSWORD), self.settings, is_admin=True
+                )
+                user_id = user.id
+        else:
+            response = await self.client.post(
+                "/api/v1/users", json={"name": name, "email": email, "password": PASSWORD}
+            )
+            assert response.status_code == 201, response.text
+            user_id = response.json()["id"]
+        token = await self.login(email)
+        return Account(user_id, email, name, token, {"Authorization": f"Bearer {token}"})
+
+
+@pytest.fixture
+def accounts(client: httpx.AsyncClient, database: Database, settings: Settings) -> Accounts:
+    return Accounts(client, database, settings)
+
+
+@dataclass
+class StatementCounter:
+    statements: list[str] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.statements)
+
+    def reset(self) -> None:
+        self.statements.clear()
+
+
+@pytest.fixture
+def statements(database: Database) -> Iterator[StatementCounter]:
+    """Every SQL statement the app sends, to hold list endpoints to a fixed budget."""
+    counter = StatementCounter()
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        counter.statements.append(statement)
+
+    event.listen(database.engine.sync_engine, "before_cursor_execute", record)
+    yield counter
+    event.remove(database.engine.sync_engine, "before_cursor_execute", record)
+
+
+def backend_of(url: str) -> str:
+    return {"sqlite": "sqlite", "postgresql": "postgresql", "mysql": "mariadb"}[make_url(url).get_backend_name()]
+
+
+@pytest.fixture
+def backend(database_url: str) -> str:
+    return backend_of(database_url)
+
+
+TESTS_DIR = Path(__file__).parent
