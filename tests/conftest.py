@@ -27,6 +27,7 @@ from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 from sqlalchemy import delete, event, make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import QueuePool
 
 from blogapi.auth import security
 from blogapi.cli import alembic_config
@@ -51,12 +52,33 @@ TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
 PASSWORD = "correct horse battery"
 
 _skipped_backends: dict[str, str] = {}
+_tested_backends: set[str] = set()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "backends(*names): run only on these backends")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect (not skip) a test's runs on backends its `backends` marker leaves out."""
+    selected, deselected = [], []
+    for item in items:
+        marker = item.get_closest_marker("backends")
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("database_url") if callspec else None
+        if marker and backend and backend not in marker.args:
+            deselected.append(item)
+        else:
+            selected.append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = selected
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    ran = [name for name in BACKENDS if name not in _skipped_backends]
     terminalreporter.write_sep("=", "database backends")
-    terminalreporter.write_line(f"tested on: {', '.join(ran)}")
+    ran = [name for name in BACKENDS if name in _tested_backends]
+    terminalreporter.write_line(f"tested on: {', '.join(ran) or 'none'}")
     for name, reason in _skipped_backends.items():
         terminalreporter.write_line(f"SKIPPED {name}: {reason}", yellow=True)
 
@@ -68,14 +90,18 @@ async def _create_database(url: str) -> None:
     if target.get_backend_name() == "postgresql":
         admin = create_async_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
         async with admin.connect() as connection:
-            exists = await connection.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
+            exists = await connection.scalar(
+                text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+            )
             if not exists:
                 await connection.execute(text(f'CREATE DATABASE "{name}"'))
     else:
         admin = create_async_engine(target.set(database=""))
         async with admin.connect() as connection:
             await connection.execute(
-                text(f"CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci")
+                text(
+                    f"CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"
+                )
             )
     await admin.dispose()
 
@@ -103,7 +129,8 @@ async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.
         try:
             await asyncio.wait_for(_create_database(url), timeout=10)
         except Exception as exc:
-            reason = f"{make_url(url).render_as_string(hide_password=True)} unreachable ({exc.__class__.__name__}: {exc})"
+            where = make_url(url).render_as_string(hide_password=True)
+            reason = f"{where} unreachable ({exc.__class__.__name__}: {exc})"
             if backend in REQUIRED:
                 pytest.fail(f"required backend {reason}")
             _skipped_backends[backend] = reason
@@ -111,14 +138,34 @@ async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.
         await _drop_everything(url)
     # env.py runs its own event loop: migrate from a thread, as the CLI would.
     await asyncio.to_thread(upgrade, url)
+    _tested_backends.add(backend)
     return url
+
+
+@pytest.fixture
+async def scratch_database_url(database_url: str, tmp_path: Path) -> AsyncIterator[str]:
+    """An empty database (no tables) beside the session's, on the same backend.
+
+    For tests that migrate, downgrade or seed, so the shared schema is never disturbed.
+    """
+    if make_url(database_url).get_backend_name() == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'scratch.db'}"
+        return
+    url = make_url(database_url).set(database=f"{make_url(database_url).database}_scratch")
+    rendered = url.render_as_string(hide_password=False)
+    await _create_database(rendered)
+    await _drop_everything(rendered)
+    yield rendered
+    await _drop_everything(rendered)
 
 
 @pytest.fixture(autouse=True)
 def fast_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Argon2id still, with test-sized cost; one test checks the production parameters."""
     monkeypatch.setattr(
-        security, "_password_hash", PasswordHash((Argon2Hasher(time_cost=1, memory_cost=1024, parallelism=1),))
+        security,
+        "_password_hash",
+        PasswordHash((Argon2Hasher(time_cost=1, memory_cost=1024, parallelism=1),)),
     )
     security._dummy_hash.cache_clear()
 
@@ -127,10 +174,10 @@ def fast_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
 def settings(database_url: str) -> Settings:
     return Settings(
         database_url=database_url,
-        secret_key=TEST_SECRET,  # type: ignore[arg-type]
+        secret_key=TEST_SECRET,
         environment=Environment.TEST,
         max_body_bytes=64 * 1024,
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
     )
 
 
@@ -139,7 +186,9 @@ async def database(settings: Settings) -> AsyncIterator[Database]:
     database = Database.from_settings(settings)
     yield database
     # Nothing a test did may leave a connection checked out (PITFALLS 0.5).
-    assert database.engine.pool.checkedout() == 0, "a connection was not returned to the pool"
+    pool = database.engine.pool
+    assert isinstance(pool, QueuePool)
+    assert pool.checkedout() == 0, "a connection was not returned to the pool"
     async with database.sessionmaker.begin() as session:
         for table in reversed(Base.metadata.sorted_tables):
             await session.execute(delete(table))
@@ -147,7 +196,9 @@ async def database(settings: Settings) -> AsyncIterator[Database]:
 
 
 @pytest.fixture
-async def app_and_client(settings: Settings, database: Database) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+async def app_and_client(
+    settings: Settings, database: Database
+) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
     app = create_app(settings, database)
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
@@ -179,7 +230,9 @@ class Accounts:
         self.count = 0
 
     async def login(self, email: str, password: str = PASSWORD) -> str:
-        response = await self.client.post("/api/v1/auth/token", data={"username": email, "password": password})
+        response = await self.client.post(
+            "/api/v1/auth/token", data={"username": email, "password": password}
+        )
         assert response.status_code == 200, response.text
         token: str = response.json()["access_token"]
         return token
@@ -191,7 +244,10 @@ class Accounts:
         if admin:
             async with self.database.sessionmaker.begin() as session:
                 user = await users_service.create_user(
-                    session, UserCreate(name=name, email=email, password=PASSWORD), self.settings, is_admin=True
+                    session,
+                    UserCreate(name=name, email=email, password=PASSWORD),
+                    self.settings,
+                    is_admin=True,
                 )
                 user_id = user.id
         else:
@@ -235,7 +291,9 @@ def statements(database: Database) -> Iterator[StatementCounter]:
 
 
 def backend_of(url: str) -> str:
-    return {"sqlite": "sqlite", "postgresql": "postgresql", "mysql": "mariadb"}[make_url(url).get_backend_name()]
+    return {"sqlite": "sqlite", "postgresql": "postgresql", "mysql": "mariadb"}[
+        make_url(url).get_backend_name()
+    ]
 
 
 @pytest.fixture

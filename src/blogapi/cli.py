@@ -96,12 +96,23 @@ def create_admin(
     name: Annotated[str, typer.Option(help="The admin's name.")],
 ) -> None:
     """Create an admin account. The password comes from $BLOGAPI_ADMIN_PASSWORD or a prompt."""
+    from pydantic import ValidationError
+
+    from blogapi.errors import DomainError
     from blogapi.seed import create_admin as create
 
     password = os.environ.get(ADMIN_PASSWORD_ENV) or typer.prompt(
         "Password", hide_input=True, confirmation_prompt=True
     )
-    user_id = asyncio.run(create(get_settings(), email=email, name=name, password=password))
+    try:
+        user_id = asyncio.run(create(get_settings(), email=email, name=name, password=password))
+    except ValidationError as exc:
+        for error in exc.errors():
+            typer.echo(f"{'.'.join(map(str, error['loc']))}: {error['msg']}", err=True)
+        raise typer.Exit(1) from None
+    except DomainError as exc:
+        typer.echo(exc.detail, err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"created admin {user_id} <{email.lower()}>")
 
 

@@ -101,7 +101,7 @@ def create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
     backend = url.get_backend_name()
     options: dict[str, Any] = {"pool_pre_ping": True}
     if backend == "sqlite":
-        options["connect_args"] = {"timeout": 30}
+        options["connect_args"] = {"timeout": 10}
     if not pooled:
         options["poolclass"] = NullPool
     elif backend != "sqlite":
@@ -137,7 +137,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor = dbapi_connection.cursor()
         for pragma in (
             "PRAGMA journal_mode=WAL",
-            "PRAGMA busy_timeout=30000",
+            "PRAGMA busy_timeout=10000",
             "PRAGMA synchronous=NORMAL",
             "PRAGMA foreign_keys=ON",
         ):

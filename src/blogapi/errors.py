@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any, ClassVar
@@ -13,11 +14,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 logger = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 RETRY_AFTER_SECONDS = "1"
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 class FieldError(BaseModel):
@@ -120,9 +123,22 @@ async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
     return problem_response(exc.status, exc.detail, headers=exc.headers)
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    return problem_response(exc.status_code, str(exc.detail), headers=exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == HTTPStatus.METHOD_NOT_ALLOWED:
+        # Starlette names the methods of the first route matching the path; a path has
+        # one route per method here, so ask every route about every method.
+        allowed = {
+            method
+            for method in _METHODS
+            if any(
+                route.matches({**request.scope, "method": method})[0] is Match.FULL
+                for route in request.app.router.routes
+            )
+        }
+        headers["Allow"] = ", ".join(sorted(allowed))
+    return problem_response(exc.status_code, str(exc.detail), headers=headers)
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -167,6 +183,14 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
     return _service_unavailable("the database is unavailable; retry shortly")
 
 
+async def _connection_error(request: Request, exc: Exception) -> JSONResponse:
+    # Some drivers (asyncpg when connecting) raise the socket's error unwrapped.
+    if not isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
+        return await _unexpected_error(request, exc)
+    logger.error("database connection failed on %s %s: %r", request.method, request.url.path, exc)
+    return _service_unavailable("the database is unavailable; retry shortly")
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(HTTPStatus.INTERNAL_SERVER_ERROR, "an unexpected error occurred")
@@ -181,6 +205,7 @@ def install_error_handlers(app: FastAPI) -> None:
         sa_exc.DataError: _data_error,
         sa_exc.TimeoutError: _pool_timeout,
         sa_exc.DBAPIError: _database_unavailable,
+        OSError: _connection_error,
         Exception: _unexpected_error,
     }
     for exc_class, handler in handlers.items():

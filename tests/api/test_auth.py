@@ -1,0 +1,331 @@
+"""Logging in (POST /auth/token) and what a bearer token must be to be accepted."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from conftest import PASSWORD, Accounts
+
+from blogapi.config import Settings
+
+TOKEN = "/api/v1/auth/token"
+ME = "/api/v1/users/me"
+PROBLEM = "application/problem+json"
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _forge(settings: Settings, claims: dict[str, Any], *, key: str | None = None) -> str:
+    secret = key if key is not None else settings.secret_key.get_secret_value()
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def _unsigned(claims: dict[str, Any]) -> str:
+    """A JWT with `alg: none` and no signature, built by hand."""
+
+    def part(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
+
+
+def _assert_unauthorized(response: httpx.Response) -> None:
+    assert response.status_code == 401, response.text
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body = response.json()
+    assert body["status"] == 401
+    assert body["title"] == "Unauthorized"
+    assert body["detail"]
+
+
+# --- POST /auth/token ------------------------------------------------------------------------------
+
+
+async def test_login_returns_a_bearer_token_with_its_lifetime(
+    client: httpx.AsyncClient, accounts: Accounts, settings: Settings
+) -> None:
+    account = await accounts.create()
+
+    response = await client.post(TOKEN, data={"username": account.email, "password": PASSWORD})
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"access_token", "token_type", "expires_in"}
+    assert body["token_type"] == "bearer"
+    assert body["expires_in"] == settings.access_token_minutes * 60
+    assert isinstance(body["access_token"], str)
+    assert body["access_token"]
+
+
+async def test_the_issued_token_names_the_user_and_expires_after_expires_in(
+    client: httpx.AsyncClient, accounts: Accounts, settings: Settings
+) -> None:
+    account = await accounts.create()
+
+    response = await client.post(TOKEN, data={"username": account.email, "password": PASSWORD})
+
+    body = response.json()
+    claims = jwt.decode(body["access_token"], settings.secret_key.get_secret_value(), algorithms=["HS256"])
+    assert claims["sub"] == str(account.id)
+    assert claims["exp"] - claims["iat"] == body["expires_in"]
+    assert abs(claims["iat"] - datetime.now(UTC).timestamp()) < 10
+
+
+async def test_the_issued_token_authenticates_requests(client: httpx.AsyncClient, accounts: Accounts) -> None:
+    account = await accounts.create()
+    token = await accounts.login(account.email)
+
+    response = await client.get(ME, headers=_bearer(token))
+
+    assert response.status_code == 200, response.text
+    assert response.json()["id"] == account.id
+
+
+async def test_login_with_a_wrong_password_is_401_with_www_authenticate(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    account = await accounts.create()
+
+    response = await client.post(TOKEN, data={"username": account.email, "password": PASSWORD + "x"})
+
+    _assert_unauthorized(response)
+
+
+async def test_login_with_an_unknown_email_is_401_with_www_authenticate(client: httpx.AsyncClient) -> None:
+    response = await client.post(TOKEN, data={"username": "nobody@example.com", "password": PASSWORD})
+
+    _assert_unauthorized(response)
+
+
+async def test_wrong_password_and_unknown_email_give_identical_responses(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    account = await accounts.create()
+
+    wrong_password = await client.post(TOKEN, data={"username": account.email, "password": "wrong password"})
+    unknown_email = await client.post(TOKEN, data={"username": "nobody@example.com", "password": PASSWORD})
+
+    assert wrong_password.status_code == unknown_email.status_code == 401
+    assert wrong_password.json() == unknown_email.json()
+    assert wrong_password.headers["www-authenticate"] == unknown_email.headers["www-authenticate"]
+
+
+async def test_login_email_is_case_insensitive(client: httpx.AsyncClient, accounts: Accounts) -> None:
+    account = await accounts.create()
+
+    response = await client.post(TOKEN, data={"username": account.email.upper(), "password": PASSWORD})
+
+    assert response.status_code == 200, response.text
+    assert response.json()["access_token"]
+
+
+async def test_login_without_a_password_is_422(client: httpx.AsyncClient, accounts: Accounts) -> None:
+    account = await accounts.create()
+
+    response = await client.post(TOKEN, data={"username": account.email})
+
+    assert response.status_code == 422, response.text
+    assert any(error["loc"] == ["body", "password"] for error in response.json()["errors"])
+
+
+async def test_login_with_a_json_body_instead_of_a_form_is_422(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    account = await accounts.create()
+
+    response = await client.post(TOKEN, json={"username": account.email, "password": PASSWORD})
+
+    assert response.status_code == 422, response.text
+
+
+async def test_a_failed_login_does_not_echo_the_password(
+    client: httpx.AsyncClient, accounts: Accounts, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    account = await accounts.create()
+    secret = "Wr0ng-Pa55word-QRS"
+
+    response = await client.post(TOKEN, data={"username": account.email, "password": secret})
+
+    assert response.status_code == 401
+    assert secret not in response.text
+    assert secret not in caplog.text
+
+
+# --- GET /users/me and bearer tokens ---------------------------------------------------------------
+
+
+async def test_me_returns_the_callers_own_user_with_email(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    account = await accounts.create("Me Myself")
+
+    response = await client.get(ME, headers=account.headers)
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["id"] == account.id
+    assert body["name"] == "Me Myself"
+    assert body["email"] == account.email
+    assert body["is_admin"] is False
+
+
+async def test_me_shows_each_caller_their_own_user(client: httpx.AsyncClient, accounts: Accounts) -> None:
+    first = await accounts.create()
+    second = await accounts.create()
+
+    first_me = await client.get(ME, headers=first.headers)
+    second_me = await client.get(ME, headers=second.headers)
+
+    assert first_me.json()["id"] == first.id
+    assert second_me.json()["id"] == second.id
+
+
+async def test_me_without_a_token_is_401_with_www_authenticate(client: httpx.AsyncClient) -> None:
+    response = await client.get(ME)
+
+    _assert_unauthorized(response)
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    ["Bearer not-a-jwt", "Bearer a.b.c", "Bearer ", "Basic dXNlcjpwYXNz", "Bearer " + "x" * 500],
+    ids=["garbage", "three-garbage-parts", "empty", "basic-scheme", "long-garbage"],
+)
+async def test_me_with_a_malformed_token_is_401(client: httpx.AsyncClient, authorization: str) -> None:
+    response = await client.get(ME, headers={"Authorization": authorization})
+
+    _assert_unauthorized(response)
+
+
+async def test_me_with_an_expired_token_is_401(
+    client: httpx.AsyncClient, accounts: Accounts, settings: Settings
+) -> None:
+    account = await accounts.create()
+    now = datetime.now(UTC)
+    token = _forge(
+        settings, {"sub": str(account.id), "iat": now - timedelta(hours=2), "exp": now - timedelta(hours=1)}
+    )
+
+    response = await client.get(ME, headers=_bearer(token))
+
+    _assert_unauthorized(response)
+
+
+async def test_a_forged_token_with_the_right_key_and_future_expiry_is_accepted(
+    client: httpx.AsyncClient, accounts: Accounts, settings: Settings
+) -> None:
+    """The control for the forged-token tests below: only the one property each changes is wrong."""
+    account = await accounts.create()
+    now = datetime.now(UTC)
+    token = _forge(settings, {"sub": str(account.id), "iat": now, "exp": now + timedelta(minutes=5)})
+
+    response = await client.get(ME, headers=_bearer(token))
+
+    assert response.status_code == 200, response.text
+    assert response.json()["id"] == account.id
+
+
+async def test_me_with_a_token_signed_by_another_key_is_401(
+    client: httpx.AsyncClient, accounts: Accounts, settings: Settings
+) -> None:
+    account = await accounts.create()
+    now = datetime.now(UTC)
+    token = _forge(
+        settings,
+        {"sub": str(account.id), "iat": now, "exp": now + timedelta(minutes=5)},
+        key="another-secret-key-that-is-also-long-enough-987654",
+    )
+
+    response = await client.get(ME, headers=_bearer(token))
+
+    _assert_unauthorized(response)
+
+
+async def test_me_with_an_alg_none_token_is_401(client: httpx.AsyncClient, accounts: Accounts) -> None:
+    account = await accounts.create()
+    now = int(datetime.now(UTC).timestamp())
+    token = _unsigned({"sub": str(account.id), "iat": now, "exp": now + 300})
+
+    response = await client.get(ME, headers=_bearer(token))
+
+    _assert_unauthorized(response)
+
+
+async def test_me_with_a_token_without_exp_is_401(
+    client: httpx.AsyncClient, accounts: Accounts, settings: Settings
+) -> None:
+    account = await accounts.create()
+    token = _forge(settings, {"sub": str(account.id), "iat": datetime.now(UTC)})
+
+    response = await client.get(ME, headers=_bearer(token))
+
+    _assert_unauthorized(response)
+
+
+@pytest.mark.parametrize("sub", ["0", "-1", str(2**31), str(2**63), "abc", "", "1.5"])
+async def test_me_with_a_token_for_an_impossible_user_id_is_401(
+    client: httpx.AsyncClient, settings: Settings, sub: str
+) -> None:
+    now = datetime.now(UTC)
+    token = _forge(settings, {"sub": sub, "iat": now, "exp": now + timedelta(minutes=5)})
+
+    response = await client.get(ME, headers=_bearer(token))
+
+    _assert_unauthorized(response)
+
+
+async def test_me_with_a_token_for_a_user_that_never_existed_is_401(
+    client: httpx.AsyncClient, accounts: Accounts, settings: Settings
+) -> None:
+    account = await accounts.create()
+    now = datetime.now(UTC)
+    token = _forge(settings, {"sub": str(account.id + 1000), "iat": now, "exp": now + timedelta(minutes=5)})
+
+    response = await client.get(ME, headers=_bearer(token))
+
+    _assert_unauthorized(response)
+
+
+async def test_me_with_the_token_of_a_deleted_user_is_401(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    account = await accounts.create()
+    deleted = await client.delete(f"/api/v1/users/{account.id}", headers=account.headers)
+    assert deleted.status_code == 204, deleted.text
+
+    response = await client.get(ME, headers=account.headers)
+
+    _assert_unauthorized(response)
+
+
+async def test_the_token_of_a_deleted_user_does_not_authenticate_a_later_sign_up(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    """A deleted user's id must not be handed to a new account, or their token opens it."""
+    account = await accounts.create()
+    deleted = await client.delete(f"/api/v1/users/{account.id}", headers=account.headers)
+    assert deleted.status_code == 204, deleted.text
+    newcomer = await accounts.create()
+
+    response = await client.get(ME, headers=account.headers)
+
+    _assert_unauthorized(response)
+    assert newcomer.email not in response.text
+
+
+async def test_an_invalid_token_on_an_endpoint_with_optional_auth_is_401_not_anonymous(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.get("/api/v1/users", headers=_bearer("not-a-jwt"))
+
+    _assert_unauthorized(response)

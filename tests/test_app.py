@@ -1,0 +1,187 @@
+"""The application as a whole: its OpenAPI document, error rendering, health and settings."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi.routing import iter_route_contexts
+from pydantic import ValidationError
+from starlette.middleware.base import BaseHTTPMiddleware
+
+from blogapi.config import DEFAULT_SECRET_KEY, Environment, Settings
+from blogapi.main import create_app
+
+PROBLEM = "application/problem+json"
+
+
+async def test_the_openapi_document_and_swagger_ui_are_served(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+    assert "/api/v1/posts/{post_id}" in document["paths"]
+    docs = await client.get("/docs")
+    assert docs.status_code == 200
+    assert "swagger" in docs.text.lower()
+
+
+def _declared(document: dict[str, Any], path: str, method: str) -> set[int]:
+    return {int(status) for status in document["paths"][path][method]["responses"]}
+
+
+async def test_every_error_a_route_can_return_is_declared_as_problem_json(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+    expected = {
+        ("/api/v1/users", "post"): {201, 409, 413, 422},
+        ("/api/v1/auth/token", "post"): {200, 401, 413, 422},
+        ("/api/v1/users/me", "get"): {200, 401},
+        ("/api/v1/users/{user_id}", "patch"): {200, 401, 403, 404, 409, 413, 422},
+        ("/api/v1/users/{user_id}", "delete"): {204, 401, 403, 404, 422},
+        ("/api/v1/posts", "post"): {201, 401, 413, 422},
+        ("/api/v1/posts/{post_id}", "get"): {200, 404, 422},
+        ("/api/v1/posts/{post_id}", "patch"): {200, 401, 403, 404, 413, 422},
+        ("/api/v1/posts/{post_id}", "delete"): {204, 401, 403, 404, 422},
+        ("/health/ready", "get"): {200, 503},
+    }
+    for (path, method), statuses in expected.items():
+        assert statuses <= _declared(document, path, method), (path, method)
+    for path_item in document["paths"].values():
+        for operation in path_item.values():
+            for status, response in operation["responses"].items():
+                if int(status) >= 400:
+                    assert list(response["content"]) == [PROBLEM], (operation["operationId"], status)
+
+
+async def test_an_unknown_route_is_a_404_problem(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/v1/nothing-here")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == PROBLEM
+    assert response.json()["status"] == 404
+
+
+async def test_a_wrong_method_is_a_405_problem_with_allow(client: httpx.AsyncClient) -> None:
+    response = await client.put("/api/v1/posts")
+    assert response.status_code == 405
+    assert response.headers["content-type"] == PROBLEM
+    assert "GET" in response.headers["allow"]
+
+
+async def test_an_unexpected_error_is_a_generic_500_that_leaks_nothing_and_is_logged(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(settings)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("boom SELECT secret FROM vault")
+
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            with caplog.at_level(logging.ERROR, logger="blogapi.errors"):
+                response = await client.get("/boom")
+    assert response.status_code == 500
+    assert response.headers["content-type"] == PROBLEM
+    for leaked in ("boom", "SELECT", "secret", "Traceback"):
+        assert leaked not in response.text
+    assert any(
+        "boom SELECT secret" in str(record.exc_info[1]) for record in caplog.records if record.exc_info
+    )
+
+
+async def test_health_live_answers_without_the_database(client: httpx.AsyncClient) -> None:
+    response = await client.get("/health/live")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_health_ready_runs_a_query(client: httpx.AsyncClient) -> None:
+    response = await client.get("/health/ready")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_health_ready_is_503_with_retry_after_when_the_database_is_unreachable() -> None:
+    settings = Settings(
+        database_url="postgresql+asyncpg://nobody@127.0.0.1:1/none",
+        environment=Environment.TEST,
+        _env_file=None,
+    )
+    app = create_app(settings)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            response = await client.get("/health/ready")
+            live = await client.get("/health/live")
+    assert response.status_code == 503
+    assert response.headers["content-type"] == PROBLEM
+    assert response.headers["retry-after"].isdigit()
+    assert live.status_code == 200
+
+
+async def test_a_database_outage_during_a_request_is_a_503_not_a_500() -> None:
+    settings = Settings(
+        database_url="postgresql+asyncpg://nobody@127.0.0.1:1/none",
+        environment=Environment.TEST,
+        _env_file=None,
+    )
+    app = create_app(settings)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            response = await client.get("/api/v1/posts")
+    assert response.status_code == 503
+    assert "retry-after" in response.headers
+
+
+@pytest.mark.parametrize("secret", [DEFAULT_SECRET_KEY, "short"])
+def test_production_refuses_a_default_or_short_secret(secret: str) -> None:
+    with pytest.raises(ValidationError, match="SECRET_KEY"):
+        Settings(environment=Environment.PRODUCTION, secret_key=secret, _env_file=None)
+
+
+def test_production_accepts_a_long_random_secret() -> None:
+    settings = Settings(environment=Environment.PRODUCTION, secret_key="x" * 48, _env_file=None)
+    assert settings.environment is Environment.PRODUCTION
+
+
+def test_cors_origins_are_read_as_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CORS_ORIGINS", "https://a.example, https://b.example")
+    assert Settings(_env_file=None).cors_origins == ["https://a.example", "https://b.example"]
+
+
+async def test_cors_allows_only_the_configured_origins(settings: Settings) -> None:
+    app = create_app(settings.model_copy(update={"cors_origins": ["https://app.example"]}))
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            preflight = {"Access-Control-Request-Method": "POST"}
+            allowed = await client.options(
+                "/api/v1/posts", headers={"Origin": "https://app.example", **preflight}
+            )
+            refused = await client.options(
+                "/api/v1/posts", headers={"Origin": "https://evil.example", **preflight}
+            )
+    assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+    assert "access-control-allow-origin" not in refused.headers
+
+
+def test_no_middleware_is_a_base_http_middleware(settings: Settings) -> None:
+    app = create_app(settings)
+    for middleware in app.user_middleware:
+        assert not (isinstance(middleware.cls, type) and issubclass(middleware.cls, BaseHTTPMiddleware))
+
+
+def test_every_api_route_is_in_the_openapi_document(settings: Settings) -> None:
+    app = create_app(settings)
+    documented = {(path, method.upper()) for path, item in app.openapi()["paths"].items() for method in item}
+    api_routes = [
+        context
+        for context in iter_route_contexts(app.routes)
+        if (context.path or "").startswith(("/api", "/health"))
+    ]
+    assert len(api_routes) >= 16
+    for context in api_routes:
+        for method in context.methods or ():
+            assert (context.path, method) in documented
