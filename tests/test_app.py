@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
 from pydantic import ValidationError
 from starlette.middleware.base import BaseHTTPMiddleware
@@ -185,3 +189,9 @@ def test_every_api_route_is_in_the_openapi_document(settings: Settings) -> None:
     for context in api_routes:
         for method in context.methods or ():
             assert (context.path, method) in documented
+
+
+def test_the_pyproject_entrypoint_names_the_app_for_fastapi_run() -> None:
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    module_name, _, attribute = pyproject["tool"]["fastapi"]["entrypoint"].partition(":")
+    assert isinstance(getattr(importlib.import_module(module_name), attribute), FastAPI)

@@ -14,7 +14,7 @@ from blogapi import __version__, health
 from blogapi.auth.router import router as auth_router
 from blogapi.config import Settings, get_settings
 from blogapi.db import Database
-from blogapi.errors import PROBLEM_MEDIA_TYPE, install_error_handlers
+from blogapi.errors import PROBLEM_MEDIA_TYPE, error_responses, install_error_handlers
 from blogapi.middleware import BodySizeLimit
 from blogapi.pagination import CursorCodec
 from blogapi.posts.router import router as posts_router
@@ -49,7 +49,8 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.state.settings = settings
     app.state.cursor_codec = CursorCodec(settings.secret_key.get_secret_value().encode())
 
-    api = APIRouter(prefix=API_PREFIX)
+    # Any route that touches the database answers 503 + Retry-After when it cannot.
+    api = APIRouter(prefix=API_PREFIX, responses=error_responses(503))
     for router in (auth_router, users_router, posts_router):
         api.include_router(router)
     app.include_router(api)

@@ -59,7 +59,12 @@ class CursorCodec:
         payload = json.dumps([kind, *position], separators=(",", ":")).encode()
         return f"{_b64encode(payload)}.{_b64encode(self._sign(payload))}"
 
-    def decode(self, kind: str, cursor: str) -> list[Any]:
+    def decode(self, kind: str, cursor: str, *parsers: Callable[[Any], Any]) -> list[Any]:
+        """The position in a cursor, each part read by its parser; InvalidInput if anything is off.
+
+        A cursor that is signed but not of the expected shape (one from an older release,
+        say) is refused like a forged one, never a 500.
+        """
         try:
             encoded_payload, encoded_signature = cursor.split(".")
             payload = _b64decode(encoded_payload)
@@ -68,10 +73,13 @@ class CursorCodec:
             raise InvalidInput("the cursor is malformed") from exc
         if not hmac.compare_digest(signature, self._sign(payload)):
             raise InvalidInput("the cursor is not one this service issued")
-        decoded = json.loads(payload)
-        if not isinstance(decoded, list) or not decoded or decoded[0] != kind:
-            raise InvalidInput(f"the cursor is not for this list of {kind}")
-        return decoded[1:]
+        try:
+            decoded = json.loads(payload)
+            if not isinstance(decoded, list) or decoded[0] != kind or len(decoded) != len(parsers) + 1:
+                raise ValueError(kind)
+            return [parse(value) for parse, value in zip(parsers, decoded[1:], strict=True)]
+        except (ValueError, TypeError, IndexError) as exc:
+            raise InvalidInput(f"the cursor is not one for this list of {kind}") from exc
 
 
 class PageParams:
@@ -82,8 +90,9 @@ class PageParams:
         self.cursor = cursor
         self.codec = codec
 
-    def position(self, kind: str) -> list[Any] | None:
-        return None if self.cursor is None else self.codec.decode(kind, self.cursor)
+    def position(self, kind: str, *parsers: Callable[[Any], Any]) -> list[Any] | None:
+        """The decoded cursor (None on the first page); `parsers` read and check its parts."""
+        return None if self.cursor is None else self.codec.decode(kind, self.cursor, *parsers)
 
     def page(
         self, kind: str, rows: list[T], key: Callable[[T], list[Any]], build: Callable[[T], R]

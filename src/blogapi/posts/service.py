@@ -100,7 +100,7 @@ async def delete_post(session: AsyncSession, post_id: int, actor: User) -> None:
 
 def _newest_first(query: Select[Post], position: list[Any] | None) -> Select[Post]:
     if position is not None:
-        created_at, post_id = datetime.fromisoformat(position[0]), int(position[1])
+        created_at, post_id = position
         query = query.where(
             or_(Post.created_at < created_at, and_(Post.created_at == created_at, Post.id < post_id))
         )
@@ -122,14 +122,17 @@ async def list_posts(
         query = query.where(Post.tags.any(Tag.name == tag.lower()))
     if title_contains:
         query = query.where(Post.title.icontains(title_contains, autoescape=True))
-    query = _newest_first(query, params.position("posts"))
+    query = _newest_first(query, params.position("posts", datetime.fromisoformat, int))
     posts = list((await session.scalars(query)).unique())
     return params.page("posts", posts, key=lambda post: [post.created_at.isoformat(), post.id], build=to_read)
 
 
 async def list_user_posts(session: AsyncSession, user_id: int, params: PageParams) -> Page[PostRead]:
-    await users_service.get_user(session, user_id)
-    return await list_posts(session, params, author_id=user_id)
+    page = await list_posts(session, params, author_id=user_id)
+    if not page.items:
+        # Only an empty page leaves open whether the user exists.
+        await users_service.get_user(session, user_id)
+    return page
 
 
 async def list_tags(session: AsyncSession, params: PageParams) -> Page[TagRead]:
@@ -141,11 +144,11 @@ async def list_tags(session: AsyncSession, params: PageParams) -> Page[TagRead]:
         .order_by(post_count.desc(), Tag.name)
         .limit(params.limit + 1)
     )
-    position = params.position("tags")
+    position = params.position("tags", int, str)
     if position is not None:
-        count, name = int(position[0]), str(position[1])
+        count, name = position
         query = query.having(or_(post_count < count, and_(post_count == count, Tag.name > name)))
-    rows = list((await session.execute(query)).tuples())
+    rows = list((await session.execute(query)).all())
     return params.page(
         "tags",
         rows,

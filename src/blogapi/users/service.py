@@ -78,10 +78,10 @@ async def list_users(
     session: AsyncSession, params: PageParams, viewer: User | None, name_contains: str | None
 ) -> Page[UserRead]:
     query = select(User).order_by(User.id).limit(params.limit + 1)
-    position = params.position("users")
+    position = params.position("users", int)
     if position is not None:
         (after_id,) = position
-        query = query.where(User.id > int(after_id))
+        query = query.where(User.id > after_id)
     if name_contains:
         query = query.where(User.name.icontains(name_contains, autoescape=True))
     users = list(await session.scalars(query))
