@@ -41,6 +41,8 @@ class Post(Base):
         # Keyset pages: newest first, overall and per author.
         Index("ix_post_created_at_id", "created_at", "id"),
         Index("ix_post_author_id_created_at_id", "author_id", "created_at", "id"),
+        # Never reuse a deleted post's id (SQLite reuses the highest one without this).
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -25,6 +25,9 @@ EmailType = String(EMAIL_MAX).with_variant(
 
 class User(Base):
     __tablename__ = "user"
+    # SQLite would otherwise hand a deleted user's id to the next sign-up, and the deleted
+    # user's still-valid token would open the new account.
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(NAME_MAX))

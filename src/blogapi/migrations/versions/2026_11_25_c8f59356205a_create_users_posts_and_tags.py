@@ -45,6 +45,7 @@ def upgrade() -> None:
         sa.Column("updated_at", _utc_datetime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_user")),
         sa.UniqueConstraint("email", name=op.f("uq_user_email")),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "post",
@@ -58,6 +59,7 @@ def upgrade() -> None:
             ["author_id"], ["user.id"], name=op.f("fk_post_author_id_user"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_post")),
+        sqlite_autoincrement=True,
     )
     op.create_index("ix_post_created_at_id", "post", ["created_at", "id"])
     op.create_index("ix_post_author_id_created_at_id", "post", ["author_id", "created_at", "id"])
