@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     pool_timeout: float = Field(default=5.0, gt=0)
     pool_recycle: int = Field(default=1800, ge=-1)
     hash_concurrency: int = Field(default=4, ge=1)
+    idempotency_key_hours: int = Field(default=24, ge=1)
+    login_failures_per_account: int = Field(default=10, ge=1)
+    login_failures_per_address: int = Field(default=100, ge=1)
+    login_failure_window_seconds: int = Field(default=900, ge=1)
 
     @field_validator("database_url")
     @classmethod

@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import DateTime, Dialect, MetaData, event, make_url
-from sqlalchemy.dialects import mysql
+from sqlalchemy import DateTime, Dialect, MetaData, String, event, make_url
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.exc import IntegrityError
@@ -85,6 +85,15 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def binary_string(length: int) -> TypeEngine[str]:
+    """A VARCHAR compared byte for byte on every backend.
+
+    MariaDB's default collation folds case and accents ('José' = 'jose'), which neither
+    PostgreSQL nor SQLite does.
+    """
+    return String(length).with_variant(mysql.VARCHAR(length, collation="utf8mb4_bin"), "mysql", "mariadb")
 
 
 def normalize_url(database_url: str) -> URL:
@@ -184,6 +193,9 @@ def get_database(request: Request) -> Database:
     return database
 
 
+DatabaseDep = Annotated[Database, Depends(get_database)]
+
+
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One session and one transaction per request, committed when the endpoint returns."""
     database = get_database(request)
@@ -195,6 +207,24 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 # scope="function": the commit finishes before the response is sent, so a failed commit
 # becomes an error response instead of a 2xx for data that was never stored.
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+async def insert_missing(session: AsyncSession, entity: type[Base], rows: list[dict[str, Any]]) -> None:
+    """Insert rows, leaving alone those whose unique key already exists (committed or not).
+
+    Two requests may create the same row at once: the database keeps the first.
+    """
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        await session.execute(postgresql.insert(entity).values(rows).on_conflict_do_nothing())
+    elif dialect == "sqlite":
+        await session.execute(sqlite.insert(entity).values(rows).on_conflict_do_nothing())
+    else:
+        statement = mysql.insert(entity).values(rows)
+        column = next(iter(rows[0]))  # a no-op update: MariaDB has no DO NOTHING
+        await session.execute(statement.on_duplicate_key_update({column: statement.inserted[column]}))
 
 
 def violates(error: IntegrityError, constraint_name: str) -> bool:

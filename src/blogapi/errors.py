@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -54,11 +55,12 @@ class DomainError(Exception):
     """An error a client can cause; services raise these and never `HTTPException`."""
 
     status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
-    headers: ClassVar[dict[str, str] | None] = None
+    default_headers: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.headers = dict(self.default_headers)
 
 
 class NotFound(DomainError):
@@ -75,12 +77,24 @@ class Forbidden(DomainError):
 
 class Unauthorized(DomainError):
     status = HTTPStatus.UNAUTHORIZED
-    headers: ClassVar[dict[str, str] | None] = {"WWW-Authenticate": "Bearer"}
+    default_headers: ClassVar[Mapping[str, str]] = {"WWW-Authenticate": "Bearer"}
+
+
+class PreconditionFailed(DomainError):
+    status = HTTPStatus.PRECONDITION_FAILED
+
+
+class TooManyRequests(DomainError):
+    status = HTTPStatus.TOO_MANY_REQUESTS
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.headers["Retry-After"] = str(max(1, retry_after))
 
 
 class ServiceUnavailable(DomainError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
-    headers: ClassVar[dict[str, str] | None] = {"Retry-After": RETRY_AFTER_SECONDS}
+    default_headers: ClassVar[Mapping[str, str]] = {"Retry-After": RETRY_AFTER_SECONDS}
 
 
 class InvalidInput(DomainError):
@@ -173,8 +187,36 @@ async def _pool_timeout(request: Request, exc: Exception) -> JSONResponse:
     return _service_unavailable("the service is busy; retry shortly")
 
 
+def is_transient(exc: sa_exc.DBAPIError) -> bool:
+    """A deadlock, serialization failure or lock timeout: the whole transaction may succeed again."""
+    error = exc.orig
+    if getattr(error, "sqlstate", None) in ("40001", "40P01"):  # PostgreSQL
+        return True
+    arguments = getattr(error, "args", ())
+    if arguments and arguments[0] in (1205, 1213):  # MariaDB lock wait timeout, deadlock
+        return True
+    return "database is locked" in str(error)  # SQLite past its busy timeout
+
+
+def _retry_later(request: Request, cause: str) -> JSONResponse:
+    # The retry middleware runs the request again while it may; this 503 is what the
+    # client gets once it may not.
+    request.state.retry_transaction = True
+    logger.warning("transient conflict on %s %s: %s", request.method, request.url.path, cause)
+    return _service_unavailable("the request conflicted with concurrent ones; retry shortly")
+
+
+async def _stale_data(request: Request, exc: Exception) -> JSONResponse:
+    # A concurrent request changed the row between our read and our write.
+    if "if-match" in request.headers:
+        return problem_response(HTTPStatus.PRECONDITION_FAILED, "the resource has changed; GET it again")
+    return _retry_later(request, "stale version")
+
+
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, sa_exc.DBAPIError)
+    if is_transient(exc):
+        return _retry_later(request, exc.orig.__class__.__name__)
     if not (exc.connection_invalidated or isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)):
         return await _unexpected_error(request, exc)
     logger.error(
@@ -205,6 +247,7 @@ def install_error_handlers(app: FastAPI) -> None:
         sa_exc.DataError: _data_error,
         sa_exc.TimeoutError: _pool_timeout,
         sa_exc.DBAPIError: _database_unavailable,
+        StaleDataError: _stale_data,
         OSError: _connection_error,
         Exception: _unexpected_error,
     }

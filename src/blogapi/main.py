@@ -15,7 +15,7 @@ from blogapi.auth.router import router as auth_router
 from blogapi.config import Settings, get_settings
 from blogapi.db import Database
 from blogapi.errors import PROBLEM_MEDIA_TYPE, error_responses, install_error_handlers
-from blogapi.middleware import BodySizeLimit
+from blogapi.middleware import BodySizeLimit, RetryTransientErrors
 from blogapi.pagination import CursorCodec
 from blogapi.posts.router import router as posts_router
 from blogapi.users.router import router as users_router
@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
             allow_headers=["Authorization", "Content-Type"],
             expose_headers=["Location"],
         )
+    app.add_middleware(RetryTransientErrors)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

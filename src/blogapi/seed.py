@@ -72,6 +72,8 @@ async def seed_database(settings: Settings, users: int, posts_per_user: int, ran
                         "email": f"user{number}@example.org",
                         "password_hash": password_hash,
                         "is_admin": False,
+                        "version": 1,
+                        "token_version": 1,
                         "created_at": joined,
                         "updated_at": joined,
                     })  # fmt: skip
@@ -91,6 +93,7 @@ async def seed_database(settings: Settings, users: int, posts_per_user: int, ran
                                 "author_id": user_id,
                                 "title": fake.sentence(nb_words=rng.randint(3, 9)).rstrip("."),
                                 "body": "\n\n".join(fake.paragraphs(nb=rng.randint(1, 4))),
+                                "version": 1,
                                 "created_at": written,
                                 "updated_at": written,
                             })  # fmt: skip

@@ -213,7 +213,7 @@ async def test_me_with_an_expired_token_is_401(
     account = await accounts.create()
     now = datetime.now(UTC)
     token = _forge(
-        settings, {"sub": str(account.id), "iat": now - timedelta(hours=2), "exp": now - timedelta(hours=1)}
+        settings, {"sub": str(account.id), "ver": 1, "iat": now - timedelta(hours=2), "exp": now - timedelta(hours=1)}
     )
 
     response = await client.get(ME, headers=_bearer(token))
@@ -227,7 +227,7 @@ async def test_a_forged_token_with_the_right_key_and_future_expiry_is_accepted(
     """The control for the forged-token tests below: only the one property each changes is wrong."""
     account = await accounts.create()
     now = datetime.now(UTC)
-    token = _forge(settings, {"sub": str(account.id), "iat": now, "exp": now + timedelta(minutes=5)})
+    token = _forge(settings, {"sub": str(account.id), "ver": 1, "iat": now, "exp": now + timedelta(minutes=5)})
 
     response = await client.get(ME, headers=_bearer(token))
 
@@ -242,7 +242,7 @@ async def test_me_with_a_token_signed_by_another_key_is_401(
     now = datetime.now(UTC)
     token = _forge(
         settings,
-        {"sub": str(account.id), "iat": now, "exp": now + timedelta(minutes=5)},
+        {"sub": str(account.id), "ver": 1, "iat": now, "exp": now + timedelta(minutes=5)},
         key="another-secret-key-that-is-also-long-enough-987654",
     )
 
@@ -254,7 +254,7 @@ async def test_me_with_a_token_signed_by_another_key_is_401(
 async def test_me_with_an_alg_none_token_is_401(client: httpx.AsyncClient, accounts: Accounts) -> None:
     account = await accounts.create()
     now = int(datetime.now(UTC).timestamp())
-    token = _unsigned({"sub": str(account.id), "iat": now, "exp": now + 300})
+    token = _unsigned({"sub": str(account.id), "ver": 1, "iat": now, "exp": now + 300})
 
     response = await client.get(ME, headers=_bearer(token))
 
@@ -265,7 +265,7 @@ async def test_me_with_a_token_without_exp_is_401(
     client: httpx.AsyncClient, accounts: Accounts, settings: Settings
 ) -> None:
     account = await accounts.create()
-    token = _forge(settings, {"sub": str(account.id), "iat": datetime.now(UTC)})
+    token = _forge(settings, {"sub": str(account.id), "ver": 1, "iat": datetime.now(UTC)})
 
     response = await client.get(ME, headers=_bearer(token))
 
@@ -329,3 +329,38 @@ async def test_an_invalid_token_on_an_endpoint_with_optional_auth_is_401_not_ano
     response = await client.get("/api/v1/users", headers=_bearer("not-a-jwt"))
 
     _assert_unauthorized(response)
+
+
+async def test_a_token_without_the_token_version_claim_is_401(
+    client: httpx.AsyncClient, accounts: Accounts, settings: Settings
+) -> None:
+    account = await accounts.create()
+    now = datetime.now(UTC)
+    token = _forge(settings, {"sub": str(account.id), "iat": now, "exp": now + timedelta(minutes=5)})
+
+    response = await client.get(ME, headers=_bearer(token))
+
+    assert response.status_code == 401
+
+
+async def test_changing_the_password_ends_every_token_issued_before(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    account = await accounts.create()
+    other_session = await accounts.login(account.email)
+    changed = await client.patch(
+        f"/api/v1/users/{account.id}", json={"password": "a brand new password"}, headers=account.headers
+    )
+    assert changed.status_code == 200
+
+    for token in (account.token, other_session):
+        assert (await client.get(ME, headers=_bearer(token))).status_code == 401
+    fresh = await accounts.login(account.email, "a brand new password")
+    assert (await client.get(ME, headers=_bearer(fresh))).status_code == 200
+
+
+async def test_changing_only_the_name_keeps_tokens_valid(client: httpx.AsyncClient, accounts: Accounts) -> None:
+    account = await accounts.create()
+    changed = await client.patch(f"/api/v1/users/{account.id}", json={"name": "Renamed"}, headers=account.headers)
+    assert changed.status_code == 200
+    assert (await client.get(ME, headers=account.headers)).status_code == 200

@@ -18,10 +18,10 @@ _optional_token = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, auto_error=False)
 
 
 async def _user_for_token(token: str, session: SessionDep, settings: SettingsDep) -> User:
-    user_id = read_access_token(token, secret=settings.secret_key.get_secret_value())
+    subject = read_access_token(token, secret=settings.secret_key.get_secret_value())
     # The request's own session: a second one would hold a second pooled connection.
-    user = await session.get(User, user_id) if user_id is not None else None
-    if user is None:
+    user = await session.get(User, subject.user_id) if subject is not None else None
+    if user is None or subject is None or user.token_version != subject.token_version:
         raise Unauthorized("the access token is missing, invalid or expired")
     return user
 

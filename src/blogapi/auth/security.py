@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
@@ -42,17 +43,32 @@ async def verify_password(password: str, password_hash: str | None, *, concurren
     return valid and password_hash is not None
 
 
-def create_access_token(subject: int, *, secret: str, lifetime: timedelta) -> str:
+@dataclass(frozen=True, slots=True)
+class TokenSubject:
+    user_id: int
+    token_version: int
+    """The user's token_version when the token was issued; a password change moves it on."""
+
+
+def create_access_token(subject: TokenSubject, *, secret: str, lifetime: timedelta) -> str:
     now = datetime.now(UTC)
-    claims = {"sub": str(subject), "iat": now, "exp": now + lifetime}
+    claims = {"sub": str(subject.user_id), "ver": subject.token_version, "iat": now, "exp": now + lifetime}
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
-def read_access_token(token: str, *, secret: str) -> int | None:
-    """The user id a token was issued for, or None if it is not a valid, current token."""
+def read_access_token(token: str, *, secret: str) -> TokenSubject | None:
+    """Whom a token was issued to, or None if it is not a valid, current token.
+
+    The algorithm is pinned (no `alg: none`, no key confusion) and every claim we rely
+    on is required.
+    """
     try:
-        claims = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp", "iat"]})
-        user_id = int(claims["sub"])
+        claims = jwt.decode(
+            token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "ver", "exp", "iat"]}
+        )
+        user_id, version = int(claims["sub"]), claims["ver"]
     except (jwt.PyJWTError, ValueError, TypeError):
         return None
-    return user_id if 1 <= user_id <= MAX_ID else None
+    if not (1 <= user_id <= MAX_ID and isinstance(version, int)):
+        return None
+    return TokenSubject(user_id, version)

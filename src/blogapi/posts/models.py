@@ -2,11 +2,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, ForeignKey, Index, String, Table, Text
+from sqlalchemy import Column, ForeignKey, Index, String, Table, Text, text
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from blogapi.db import Base, UTCDateTime, created_at_or_now, utcnow
+from blogapi.db import Base, UTCDateTime, binary_string, created_at_or_now, utcnow
 from blogapi.users.models import User
 
 TITLE_MAX = 200
@@ -16,9 +16,6 @@ TAGS_PER_POST_MAX = 20
 
 # 20,000 four-byte characters do not fit MariaDB's TEXT (65,535 bytes).
 BodyType = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
-TagNameType = String(TAG_MAX).with_variant(
-    mysql.VARCHAR(TAG_MAX, collation="utf8mb4_bin"), "mysql", "mariadb"
-)
 
 post_tag = Table(
     "post_tag",
@@ -32,7 +29,7 @@ class Tag(Base):
     __tablename__ = "tag"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(TagNameType, unique=True)
+    name: Mapped[str] = mapped_column(binary_string(TAG_MAX), unique=True)
 
 
 class Post(Base):
@@ -51,6 +48,10 @@ class Post(Base):
     body: Mapped[str] = mapped_column(BodyType, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=created_at_or_now, onupdate=utcnow)
+    version: Mapped[int] = mapped_column(server_default=text("1"))
+    """Counts changes (the ETag); the ORM adds `AND version = :loaded` to every UPDATE."""
+
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012  (read once, by the mapper)
 
     author: Mapped[User] = relationship(back_populates="posts", lazy="raise")
     tags: Mapped[list[Tag]] = relationship(secondary=post_tag, lazy="raise", order_by=Tag.name)

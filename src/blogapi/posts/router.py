@@ -1,27 +1,53 @@
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
 
+from blogapi import idempotency
 from blogapi.auth.dependencies import CurrentUser
+from blogapi.config import SettingsDep
 from blogapi.db import MAX_ID, SessionDep
 from blogapi.errors import error_responses
 from blogapi.pagination import Page, PageDep
 from blogapi.posts import service
 from blogapi.posts.models import TITLE_MAX
 from blogapi.posts.schemas import PostCreate, PostRead, PostUpdate, TagName, TagRead
+from blogapi.preconditions import ETAG_HEADER, IfMatchHeader, etag
 
 router = APIRouter(tags=["posts"])
 
 PostId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
-@router.post("/posts", status_code=status.HTTP_201_CREATED, responses=error_responses(401, 413, 422))
-async def create_post(data: PostCreate, session: SessionDep, me: CurrentUser, response: Response) -> PostRead:
+@router.post(
+    "/posts",
+    status_code=status.HTTP_201_CREATED,
+    response_model=PostRead,
+    responses={201: {"headers": idempotency.CREATED_HEADERS}, **error_responses(401, 413, 422)},
+)
+async def create_post(
+    data: PostCreate,
+    session: SessionDep,
+    me: CurrentUser,
+    settings: SettingsDep,
+    idempotency_key: idempotency.IdempotencyKeyHeader = None,
+) -> Response:
+    """Publish a post as the caller."""
+    claim = await idempotency.begin(
+        session,
+        owner=idempotency.owner_of(me.id),
+        key=idempotency_key,
+        digest=idempotency.fingerprint(settings.secret_key.get_secret_value().encode(), "posts", data),
+        ttl=timedelta(hours=settings.idempotency_key_hours),
+    )
+    if claim.replay is not None:
+        return claim.replay
     post = await service.create_post(session, me, data)
-    response.headers["Location"] = f"/api/v1/posts/{post.id}"
-    return post
+    return await idempotency.complete(
+        session, claim, service.to_read(post), f"/api/v1/posts/{post.id}", etag(post.version)
+    )
 
 
 @router.get("/posts", responses=error_responses(422))
@@ -37,21 +63,41 @@ async def list_posts(
     return await service.list_posts(session, page, author_id=author_id, tag=tag, title_contains=q)
 
 
-@router.get("/posts/{post_id}", responses=error_responses(404, 422))
-async def read_post(post_id: PostId, session: SessionDep) -> PostRead:
-    return await service.get_post(session, post_id)
+@router.get("/posts/{post_id}", responses={200: {"headers": ETAG_HEADER}, **error_responses(404, 422)})
+async def read_post(post_id: PostId, session: SessionDep, response: Response) -> PostRead:
+    post = await service.get_post(session, post_id)
+    response.headers["ETag"] = etag(post.version)
+    return service.to_read(post)
 
 
-@router.patch("/posts/{post_id}", responses=error_responses(401, 403, 404, 413, 422))
-async def update_post(post_id: PostId, data: PostUpdate, session: SessionDep, me: CurrentUser) -> PostRead:
-    return await service.update_post(session, post_id, data, me)
+@router.patch(
+    "/posts/{post_id}",
+    responses={200: {"headers": ETAG_HEADER}, **error_responses(401, 403, 404, 412, 413, 422)},
+)
+async def update_post(
+    post_id: PostId,
+    data: PostUpdate,
+    session: SessionDep,
+    me: CurrentUser,
+    response: Response,
+    if_match: IfMatchHeader = None,
+) -> PostRead:
+    """Change a post (its author, or an admin)."""
+    post = await service.update_post(session, post_id, data, me, if_match)
+    response.headers["ETag"] = etag(post.version)
+    return service.to_read(post)
 
 
 @router.delete(
-    "/posts/{post_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(401, 403, 404, 422)
+    "/posts/{post_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(401, 403, 404, 412, 422),
 )
-async def delete_post(post_id: PostId, session: SessionDep, me: CurrentUser) -> None:
-    await service.delete_post(session, post_id, me)
+async def delete_post(
+    post_id: PostId, session: SessionDep, me: CurrentUser, if_match: IfMatchHeader = None
+) -> None:
+    """Delete a post (its author, or an admin)."""
+    await service.delete_post(session, post_id, me, if_match)
 
 
 @router.get("/tags", responses=error_responses(422))

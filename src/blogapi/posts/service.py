@@ -7,14 +7,15 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, and_, func, or_, select
-from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload, selectinload
 
+from blogapi.db import insert_missing, utcnow
 from blogapi.errors import Forbidden, NotFound
 from blogapi.pagination import Page, PageParams
 from blogapi.posts.models import Post, Tag, post_tag
 from blogapi.posts.schemas import PostCreate, PostRead, PostUpdate, TagRead
+from blogapi.preconditions import require_match
 from blogapi.users import service as users_service
 from blogapi.users.models import User
 from blogapi.users.schemas import Author
@@ -43,57 +44,51 @@ async def _tags_named(session: AsyncSession, names: Sequence[str]) -> list[Tag]:
     """The tags with these names, creating the missing ones without racing other requests."""
     if not names:
         return []
-    dialect = session.get_bind().dialect.name
-    rows = [{"name": name} for name in names]
-    # Two requests may create one new tag at once: let the database keep the first.
-    if dialect == "postgresql":
-        await session.execute(postgresql.insert(Tag).values(rows).on_conflict_do_nothing())
-    elif dialect == "sqlite":
-        await session.execute(sqlite.insert(Tag).values(rows).on_conflict_do_nothing())
-    else:
-        insert = mysql.insert(Tag).values(rows)
-        await session.execute(insert.on_duplicate_key_update(name=insert.inserted.name))
+    await insert_missing(session, Tag, [{"name": name} for name in names])
     return list(await session.scalars(select(Tag).where(Tag.name.in_(names)).order_by(Tag.name)))
 
 
-async def create_post(session: AsyncSession, author: User, data: PostCreate) -> PostRead:
+async def create_post(session: AsyncSession, author: User, data: PostCreate) -> Post:
     post = Post(author=author, title=data.title, body=data.body, tags=await _tags_named(session, data.tags))
     session.add(post)
     await session.flush()
-    return to_read(post)
+    return post
 
 
-async def _load_post(session: AsyncSession, post_id: int) -> Post:
+async def get_post(session: AsyncSession, post_id: int) -> Post:
     post = await session.scalar(select(Post).where(Post.id == post_id).options(*_POST_LOADS))
     if post is None:
         raise NotFound(f"post {post_id} not found")
     return post
 
 
-async def get_post(session: AsyncSession, post_id: int) -> PostRead:
-    return to_read(await _load_post(session, post_id))
-
-
-async def _owned_post(session: AsyncSession, post_id: int, actor: User) -> Post:
-    post = await _load_post(session, post_id)
+async def _owned_post(session: AsyncSession, post_id: int, actor: User, if_match: str | None) -> Post:
+    post = await get_post(session, post_id)
     if not (actor.is_admin or post.author_id == actor.id):
         raise Forbidden("only the author or an admin may change this post")
+    require_match(if_match, post.version)
     return post
 
 
-async def update_post(session: AsyncSession, post_id: int, data: PostUpdate, actor: User) -> PostRead:
-    post = await _owned_post(session, post_id, actor)
+async def update_post(
+    session: AsyncSession, post_id: int, data: PostUpdate, actor: User, if_match: str | None
+) -> Post:
+    post = await _owned_post(session, post_id, actor, if_match)
     changes = data.model_dump(exclude_unset=True)
+    if not changes:
+        return post
     if "tags" in changes:
         post.tags = await _tags_named(session, changes.pop("tags"))
     for field, value in changes.items():
         setattr(post, field, value)
+    # Also when only the tags (another table) changed: the post's version must move on.
+    post.updated_at = utcnow()
     await session.flush()
-    return to_read(post)
+    return post
 
 
-async def delete_post(session: AsyncSession, post_id: int, actor: User) -> None:
-    post = await _owned_post(session, post_id, actor)
+async def delete_post(session: AsyncSession, post_id: int, actor: User, if_match: str | None) -> None:
+    post = await _owned_post(session, post_id, actor, if_match)
     await session.delete(post)
     await session.flush()
 

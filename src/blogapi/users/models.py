@@ -3,11 +3,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Boolean, String
-from sqlalchemy.dialects import mysql
+from sqlalchemy import Boolean, String, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from blogapi.db import Base, UTCDateTime, created_at_or_now, utcnow
+from blogapi.db import Base, UTCDateTime, binary_string, created_at_or_now, utcnow
 
 if TYPE_CHECKING:
     from blogapi.posts.models import Post
@@ -15,12 +14,6 @@ if TYPE_CHECKING:
 NAME_MAX = 100
 EMAIL_MAX = 254
 PASSWORD_HASH_MAX = 255
-
-# Emails are stored lower-cased and compared byte for byte: MariaDB's default collation
-# would also fold accents (josé@ = jose@), which no other backend does.
-EmailType = String(EMAIL_MAX).with_variant(
-    mysql.VARCHAR(EMAIL_MAX, collation="utf8mb4_bin"), "mysql", "mariadb"
-)
 
 
 class User(Base):
@@ -31,10 +24,17 @@ class User(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(NAME_MAX))
-    email: Mapped[str] = mapped_column(EmailType, unique=True)
+    # Stored lower-cased, compared byte for byte: josé@ and jose@ are two accounts everywhere.
+    email: Mapped[str] = mapped_column(binary_string(EMAIL_MAX), unique=True)
     password_hash: Mapped[str] = mapped_column(String(PASSWORD_HASH_MAX))
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=created_at_or_now, onupdate=utcnow)
+    version: Mapped[int] = mapped_column(server_default=text("1"))
+    """Counts changes (the ETag); the ORM adds `AND version = :loaded` to every UPDATE."""
+    token_version: Mapped[int] = mapped_column(default=1, server_default=text("1"))
+    """Goes up when the password changes: tokens that carry an older one stop working."""
+
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012  (read once, by the mapper)
 
     posts: Mapped[list[Post]] = relationship(back_populates="author", lazy="raise", passive_deletes=True)

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
 
+from blogapi import idempotency
 from blogapi.auth.dependencies import CurrentUser, OptionalUser
 from blogapi.config import SettingsDep
 from blogapi.db import MAX_ID, SessionDep
@@ -11,6 +13,7 @@ from blogapi.errors import error_responses
 from blogapi.pagination import Page, PageDep
 from blogapi.posts import service as posts_service
 from blogapi.posts.schemas import PostRead
+from blogapi.preconditions import ETAG_HEADER, IfMatchHeader, etag
 from blogapi.users import service
 from blogapi.users.models import NAME_MAX
 from blogapi.users.schemas import UserCreate, UserRead, UserUpdate
@@ -24,19 +27,34 @@ NameQuery = Annotated[str | None, Query(max_length=NAME_MAX, description="Case-i
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    responses=error_responses(409, 413, 422),
+    response_model=UserRead,
+    responses={201: {"headers": idempotency.CREATED_HEADERS}, **error_responses(409, 413, 422)},
     summary="Sign up",
 )
 async def create_user(
-    data: UserCreate, session: SessionDep, settings: SettingsDep, response: Response
-) -> UserRead:
+    data: UserCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    idempotency_key: idempotency.IdempotencyKeyHeader = None,
+) -> Response:
+    claim = await idempotency.begin(
+        session,
+        owner=idempotency.owner_of(None),
+        key=idempotency_key,
+        digest=idempotency.fingerprint(settings.secret_key.get_secret_value().encode(), "users", data),
+        ttl=timedelta(hours=settings.idempotency_key_hours),
+    )
+    if claim.replay is not None:
+        return claim.replay
     user = await service.create_user(session, data, settings)
-    response.headers["Location"] = f"/api/v1/users/{user.id}"
-    return service.to_read(user, viewer=user)
+    return await idempotency.complete(
+        session, claim, service.to_read(user, viewer=user), f"/api/v1/users/{user.id}", etag(user.version)
+    )
 
 
-@router.get("/me", responses=error_responses(401))
-async def read_me(me: CurrentUser) -> UserRead:
+@router.get("/me", responses={200: {"headers": ETAG_HEADER}, **error_responses(401)})
+async def read_me(me: CurrentUser, response: Response) -> UserRead:
+    response.headers["ETag"] = etag(me.version)
     return service.to_read(me, viewer=me)
 
 
@@ -47,23 +65,42 @@ async def list_users(
     return await service.list_users(session, page, viewer, q)
 
 
-@router.get("/{user_id}", responses=error_responses(401, 404, 422))
-async def read_user(user_id: UserId, session: SessionDep, viewer: OptionalUser) -> UserRead:
-    return await service.read_user(session, user_id, viewer)
-
-
-@router.patch("/{user_id}", responses=error_responses(401, 403, 404, 409, 413, 422))
-async def update_user(
-    user_id: UserId, data: UserUpdate, session: SessionDep, me: CurrentUser, settings: SettingsDep
+@router.get("/{user_id}", responses={200: {"headers": ETAG_HEADER}, **error_responses(401, 404, 422)})
+async def read_user(
+    user_id: UserId, session: SessionDep, viewer: OptionalUser, response: Response
 ) -> UserRead:
-    return await service.update_user(session, user_id, data, me, settings)
+    user = await service.get_user(session, user_id)
+    response.headers["ETag"] = etag(user.version)
+    return service.to_read(user, viewer)
+
+
+@router.patch(
+    "/{user_id}",
+    responses={200: {"headers": ETAG_HEADER}, **error_responses(401, 403, 404, 409, 412, 413, 422)},
+)
+async def update_user(
+    user_id: UserId,
+    data: UserUpdate,
+    session: SessionDep,
+    me: CurrentUser,
+    settings: SettingsDep,
+    response: Response,
+    if_match: IfMatchHeader = None,
+) -> UserRead:
+    """Change a user (themself, or any as an admin). A new password ends every earlier token."""
+    user = await service.update_user(session, user_id, data, me, settings, if_match)
+    response.headers["ETag"] = etag(user.version)
+    return service.to_read(user, viewer=me)
 
 
 @router.delete(
-    "/{user_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(401, 403, 404, 422)
+    "/{user_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(401, 403, 404, 412, 422)
 )
-async def delete_user(user_id: UserId, session: SessionDep, me: CurrentUser) -> None:
-    await service.delete_user(session, user_id, me)
+async def delete_user(
+    user_id: UserId, session: SessionDep, me: CurrentUser, if_match: IfMatchHeader = None
+) -> None:
+    """Delete a user and, with them, all their posts."""
+    await service.delete_user(session, user_id, me, if_match)
 
 
 @router.get("/{user_id}/posts", responses=error_responses(404, 422))

@@ -6,11 +6,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from blogapi.auth.security import hash_password, verify_password
+from blogapi.auth.security import hash_password
 from blogapi.config import Settings
 from blogapi.db import violates
-from blogapi.errors import Conflict, Forbidden, NotFound, Unauthorized
+from blogapi.errors import Conflict, Forbidden, NotFound
 from blogapi.pagination import Page, PageParams
+from blogapi.preconditions import require_match
 from blogapi.users.models import User
 from blogapi.users.schemas import UserCreate, UserRead, UserUpdate
 
@@ -53,25 +54,11 @@ async def create_user(
     return user
 
 
-async def authenticate(session: AsyncSession, email: str, password: str, settings: Settings) -> User:
-    user = await session.scalar(select(User).where(User.email == email.strip().lower()))
-    valid = await verify_password(
-        password, user.password_hash if user else None, concurrency=settings.hash_concurrency
-    )
-    if user is None or not valid:
-        raise Unauthorized("the email or password is incorrect")
-    return user
-
-
 async def get_user(session: AsyncSession, user_id: int) -> User:
     user = await session.get(User, user_id)
     if user is None:
         raise NotFound(f"user {user_id} not found")
     return user
-
-
-async def read_user(session: AsyncSession, user_id: int, viewer: User | None) -> UserRead:
-    return to_read(await get_user(session, user_id), viewer)
 
 
 async def list_users(
@@ -89,11 +76,17 @@ async def list_users(
 
 
 async def update_user(
-    session: AsyncSession, user_id: int, data: UserUpdate, actor: User, settings: Settings
-) -> UserRead:
+    session: AsyncSession,
+    user_id: int,
+    data: UserUpdate,
+    actor: User,
+    settings: Settings,
+    if_match: str | None,
+) -> User:
     user = await get_user(session, user_id)
     if not can_manage(actor, user):
         raise Forbidden("only the user themself or an admin may change this user")
+    require_match(if_match, user.version)
     changes = data.model_dump(exclude_unset=True)
     if "is_admin" in changes and changes["is_admin"] != user.is_admin and not actor.is_admin:
         raise Forbidden("only an admin may change is_admin")
@@ -101,16 +94,19 @@ async def update_user(
         changes["password_hash"] = await hash_password(
             changes.pop("password"), concurrency=settings.hash_concurrency
         )
+        # Every token issued before the change stops working.
+        changes["token_version"] = user.token_version + 1
     for field, value in changes.items():
         setattr(user, field, value)
     await _flush_unique_email(session)
-    return to_read(user, actor)
+    return user
 
 
-async def delete_user(session: AsyncSession, user_id: int, actor: User) -> None:
+async def delete_user(session: AsyncSession, user_id: int, actor: User, if_match: str | None) -> None:
     user = await get_user(session, user_id)
     if not can_manage(actor, user):
         raise Forbidden("only the user themself or an admin may delete this user")
+    require_match(if_match, user.version)
     # The database cascades to the user's posts (passive_deletes): no rows are loaded.
     await session.delete(user)
     await session.flush()
