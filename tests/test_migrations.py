@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 from alembic import command
-from sqlalchemy import inspect
+from sqlalchemy import func, insert, inspect, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from blogapi.cli import alembic_config
@@ -72,3 +73,50 @@ def test_every_constraint_in_the_metadata_has_a_deterministic_name() -> None:
             assert constraint.name, f"unnamed constraint on {table.name}"
         for index in table.indexes:
             assert index.name, f"unnamed index on {table.name}"
+
+
+async def test_a_migration_that_copies_tables_keeps_every_row_and_autoincrement(
+    scratch_database_url: str,
+) -> None:
+    """SQLite rebuilds a table to drop a column: with foreign keys on, dropping `user`
+    would cascade-delete every post (PITFALLS F4), and the copy could lose AUTOINCREMENT."""
+    config = alembic_config(scratch_database_url)
+    await asyncio.to_thread(command.upgrade, config, "head")
+    engine = create_async_engine(scratch_database_url)
+    user, post = Base.metadata.tables["user"], Base.metadata.tables["post"]
+    now = datetime.now(UTC)
+    async with engine.begin() as connection:
+        await connection.execute(
+            insert(user),
+            [
+                {"id": n, "name": f"u{n}", "email": f"u{n}@example.com", "password_hash": "x",
+                 "is_admin": False, "created_at": now, "updated_at": now, "version": 1, "token_version": 1}
+                for n in (1, 2)
+            ],
+        )  # fmt: skip
+        await connection.execute(
+            insert(post),
+            [
+                {
+                    "author_id": n % 2 + 1,
+                    "title": "t",
+                    "body": "",
+                    "created_at": now,
+                    "updated_at": now,
+                    "version": 1,
+                }
+                for n in range(10)
+            ],
+        )
+    try:
+        await asyncio.to_thread(command.downgrade, config, "base+1")
+        await asyncio.to_thread(command.upgrade, config, "head")
+        async with engine.connect() as connection:
+            assert await connection.scalar(select(func.count()).select_from(post)) == 10
+            if engine.dialect.name == "sqlite":
+                assert (await connection.exec_driver_sql("PRAGMA foreign_key_check")).all() == []
+                schema = (await connection.exec_driver_sql("SELECT sql FROM sqlite_master")).scalars().all()
+                autoincrement = [sql for sql in schema if sql and "AUTOINCREMENT" in sql]
+                assert len(autoincrement) == 2, schema
+    finally:
+        await engine.dispose()
