@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from functools import lru_cache
 from typing import Annotated, Self
@@ -33,7 +34,8 @@ class Settings(BaseSettings):
     max_overflow: int = Field(default=5, ge=0)
     pool_timeout: float = Field(default=5.0, gt=0)
     pool_recycle: int = Field(default=1800, ge=-1)
-    hash_concurrency: int = Field(default=4, ge=1)
+    # Argon2 is CPU-bound: hashing on every core at once would starve the event loop.
+    hash_concurrency: int = Field(default_factory=lambda: max(1, (os.cpu_count() or 2) // 2), ge=1)
     idempotency_key_hours: int = Field(default=24, ge=1)
     login_failures_per_account: int = Field(default=10, ge=1)
     login_failures_per_address: int = Field(default=100, ge=1)
