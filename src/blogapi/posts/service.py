@@ -63,6 +63,10 @@ async def get_post(session: AsyncSession, post_id: int) -> Post:
 
 
 async def _owned_post(session: AsyncSession, post_id: int, actor: User, if_match: str | None) -> Post:
+    # Lock the row first, so concurrent writers queue instead of failing on each other's
+    # version (a no-op on SQLite, whose writers BEGIN IMMEDIATE one at a time). A separate
+    # query: PostgreSQL cannot lock the nullable side of the author join.
+    await session.execute(select(Post.id).where(Post.id == post_id).with_for_update())
     post = await get_post(session, post_id)
     if not (actor.is_admin or post.author_id == actor.id):
         raise Forbidden("only the author or an admin may change this post")

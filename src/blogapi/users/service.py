@@ -54,8 +54,17 @@ async def create_user(
     return user
 
 
-async def get_user(session: AsyncSession, user_id: int) -> User:
-    user = await session.get(User, user_id)
+async def get_user(session: AsyncSession, user_id: int, *, for_update: bool = False) -> User:
+    """The user, or NotFound. `for_update` locks the row for the rest of the transaction.
+
+    Writers then queue on the row instead of failing on each other's version. SQLite has no
+    row locks; there writers are already serialized by BEGIN IMMEDIATE.
+    """
+    if for_update:
+        query = select(User).where(User.id == user_id).with_for_update()
+        user = await session.scalar(query.execution_options(populate_existing=True))
+    else:
+        user = await session.get(User, user_id)
     if user is None:
         raise NotFound(f"user {user_id} not found")
     return user
@@ -83,7 +92,7 @@ async def update_user(
     settings: Settings,
     if_match: str | None,
 ) -> User:
-    user = await get_user(session, user_id)
+    user = await get_user(session, user_id, for_update=True)
     if not can_manage(actor, user):
         raise Forbidden("only the user themself or an admin may change this user")
     require_match(if_match, user.version)
@@ -103,7 +112,7 @@ async def update_user(
 
 
 async def delete_user(session: AsyncSession, user_id: int, actor: User, if_match: str | None) -> None:
-    user = await get_user(session, user_id)
+    user = await get_user(session, user_id, for_update=True)
     if not can_manage(actor, user):
         raise Forbidden("only the user themself or an admin may delete this user")
     require_match(if_match, user.version)
