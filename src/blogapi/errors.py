@@ -159,15 +159,21 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     # Pydantic's errors carry the submitted value ("input"), for a missing field the whole
     # body, password included: only where and what is reported, never the value.
-    errors = [
-        FieldError(
-            loc=[str(part) if not isinstance(part, int) else part for part in error["loc"]],
-            msg=error["msg"],
-            type=error["type"],
-        )
-        for error in exc.errors()
-    ]
+    errors: list[FieldError] = []
+    for error in exc.errors():
+        # A PATCH field is `T | None` (None meaning "not sent"): pydantic reports which
+        # union member failed, and that None did not fit either. The client needs neither.
+        if error["type"] == "none_required":
+            continue
+        loc = [part for part in error["loc"] if isinstance(part, int) or not _is_union_member(part)]
+        field_error = FieldError(loc=loc, msg=error["msg"], type=error["type"])
+        if field_error not in errors:
+            errors.append(field_error)
     return problem_response(HTTPStatus.UNPROCESSABLE_ENTITY, "the request is not valid", errors=errors)
+
+
+def _is_union_member(part: str) -> bool:
+    return "[" in part or part in ("none", "str", "int", "bool", "list")
 
 
 async def _integrity_error(request: Request, exc: Exception) -> JSONResponse:
@@ -217,7 +223,15 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
     assert isinstance(exc, sa_exc.DBAPIError)
     if is_transient(exc):
         return _retry_later(request, exc.orig.__class__.__name__)
-    if not (exc.connection_invalidated or isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)):
+    # SQLSTATE class 08 (connection), 57P0x (shutting down, starting up), 53300 (too many
+    # connections): asyncpg raises these, e.g. during a restart, as plain DBAPIErrors.
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    unavailable = sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03", "53300")
+    if not (
+        unavailable
+        or exc.connection_invalidated
+        or isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)
+    ):
         return await _unexpected_error(request, exc)
     logger.error(
         "database unavailable on %s %s: %s", request.method, request.url.path, exc.orig.__class__.__name__

@@ -213,7 +213,8 @@ async def test_me_with_an_expired_token_is_401(
     account = await accounts.create()
     now = datetime.now(UTC)
     token = _forge(
-        settings, {"sub": str(account.id), "ver": 1, "iat": now - timedelta(hours=2), "exp": now - timedelta(hours=1)}
+        settings,
+        {"sub": str(account.id), "ver": 1, "iat": now - timedelta(hours=2), "exp": now - timedelta(hours=1)},
     )
 
     response = await client.get(ME, headers=_bearer(token))
@@ -227,7 +228,9 @@ async def test_a_forged_token_with_the_right_key_and_future_expiry_is_accepted(
     """The control for the forged-token tests below: only the one property each changes is wrong."""
     account = await accounts.create()
     now = datetime.now(UTC)
-    token = _forge(settings, {"sub": str(account.id), "ver": 1, "iat": now, "exp": now + timedelta(minutes=5)})
+    token = _forge(
+        settings, {"sub": str(account.id), "ver": 1, "iat": now, "exp": now + timedelta(minutes=5)}
+    )
 
     response = await client.get(ME, headers=_bearer(token))
 
@@ -359,8 +362,12 @@ async def test_changing_the_password_ends_every_token_issued_before(
     assert (await client.get(ME, headers=_bearer(fresh))).status_code == 200
 
 
-async def test_changing_only_the_name_keeps_tokens_valid(client: httpx.AsyncClient, accounts: Accounts) -> None:
+async def test_changing_only_the_name_keeps_tokens_valid(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
     account = await accounts.create()
-    changed = await client.patch(f"/api/v1/users/{account.id}", json={"name": "Renamed"}, headers=account.headers)
+    changed = await client.patch(
+        f"/api/v1/users/{account.id}", json={"name": "Renamed"}, headers=account.headers
+    )
     assert changed.status_code == 200
     assert (await client.get(ME, headers=account.headers)).status_code == 200

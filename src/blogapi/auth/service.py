@@ -10,8 +10,17 @@ from blogapi.auth import throttle
 from blogapi.auth.security import verify_password
 from blogapi.config import Settings
 from blogapi.db import Database, utcnow
-from blogapi.errors import TooManyRequests, Unauthorized
+from blogapi.errors import InvalidInput, TooManyRequests, Unauthorized
 from blogapi.users.models import User
+
+
+def _storable(text: str) -> bool:
+    """Text a database can compare against and a hasher can encode (no NUL, no lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
 
 
 async def log_in(database: Database, email: str, password: str, address: str, settings: Settings) -> User:
@@ -21,6 +30,8 @@ async def log_in(database: Database, email: str, password: str, address: str, se
     even though the request fails, and no connection is held during the Argon2 check.
     """
     email = email.strip().lower()
+    if not _storable(email) or not _storable(password):
+        raise InvalidInput("the username and password must be text without control characters")
     limits = {
         throttle.account_bucket(email): settings.login_failures_per_account,
         throttle.address_bucket(address): settings.login_failures_per_address,

@@ -15,6 +15,7 @@ from blogapi.posts import service
 from blogapi.posts.models import TITLE_MAX
 from blogapi.posts.schemas import PostCreate, PostRead, PostUpdate, TagName, TagRead
 from blogapi.preconditions import ETAG_HEADER, IfMatchHeader, etag
+from blogapi.validation import SINGLE_LINE
 
 router = APIRouter(tags=["posts"])
 
@@ -57,7 +58,8 @@ async def list_posts(
     author_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     tag: Annotated[TagName | None, Query()] = None,
     q: Annotated[
-        str | None, Query(max_length=TITLE_MAX, description="Case-insensitive title filter.")
+        str | None,
+        Query(max_length=TITLE_MAX, pattern=SINGLE_LINE, description="Case-insensitive title filter."),
     ] = None,
 ) -> Page[PostRead]:
     return await service.list_posts(session, page, author_id=author_id, tag=tag, title_contains=q)

@@ -17,11 +17,14 @@ from blogapi.preconditions import ETAG_HEADER, IfMatchHeader, etag
 from blogapi.users import service
 from blogapi.users.models import NAME_MAX
 from blogapi.users.schemas import UserCreate, UserRead, UserUpdate
+from blogapi.validation import SINGLE_LINE
 
 router = APIRouter(prefix="/users", tags=["users"])
 
 UserId = Annotated[int, Path(ge=1, le=MAX_ID)]
-NameQuery = Annotated[str | None, Query(max_length=NAME_MAX, description="Case-insensitive name filter.")]
+NameQuery = Annotated[
+    str | None, Query(max_length=NAME_MAX, pattern=SINGLE_LINE, description="Case-insensitive name filter.")
+]
 
 
 @router.post(
