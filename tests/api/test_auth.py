@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import warnings
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,6 +12,7 @@ import httpx
 import jwt
 import pytest
 from conftest import PASSWORD, Accounts
+from jwt.warnings import InsecureKeyLengthWarning
 
 from blogapi.config import Settings
 
@@ -371,3 +373,28 @@ async def test_changing_only_the_name_keeps_tokens_valid(
     )
     assert changed.status_code == 200
     assert (await client.get(ME, headers=account.headers)).status_code == 200
+
+
+async def test_a_token_signed_with_the_right_key_but_another_algorithm_is_401(
+    client: httpx.AsyncClient, accounts: Accounts, settings: Settings
+) -> None:
+    account = await accounts.create()
+    now = datetime.now(UTC)
+    claims = {"sub": str(account.id), "ver": 1, "iat": now, "exp": now + timedelta(minutes=5)}
+    with warnings.catch_warnings():  # the test key is short for HS512: what matters is the algorithm
+        warnings.simplefilter("ignore", InsecureKeyLengthWarning)
+        token = jwt.encode(claims, settings.secret_key.get_secret_value(), algorithm="HS512")
+
+    assert (await client.get(ME, headers=_bearer(token))).status_code == 401
+
+
+@pytest.mark.parametrize("missing", ["sub", "iat", "ver"])
+async def test_a_token_missing_a_required_claim_is_401(
+    client: httpx.AsyncClient, accounts: Accounts, settings: Settings, missing: str
+) -> None:
+    account = await accounts.create()
+    now = datetime.now(UTC)
+    claims = {"sub": str(account.id), "ver": 1, "iat": now, "exp": now + timedelta(minutes=5)}
+    del claims[missing]
+
+    assert (await client.get(ME, headers=_bearer(_forge(settings, claims)))).status_code == 401
