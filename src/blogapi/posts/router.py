@@ -67,9 +67,9 @@ async def list_posts(
 
 @router.get("/posts/{post_id}", responses={200: {"headers": ETAG_HEADER}, **error_responses(404, 422)})
 async def read_post(post_id: PostId, session: SessionDep, response: Response) -> PostRead:
-    post = await service.get_post(session, post_id)
-    response.headers["ETag"] = etag(post.version)
-    return service.to_read(post)
+    view = await service.read_post(session, post_id)
+    response.headers["ETag"] = etag(view.version)
+    return view.post
 
 
 @router.patch(
