@@ -169,11 +169,17 @@ class Database:
 
     @classmethod
     def from_engine(cls, engine: AsyncEngine) -> Database:
+        read_options: dict[str, Any] = {READ_ONLY: True}
+        if engine.dialect.name == "postgresql":
+            # Under READ COMMITTED every statement sees its own snapshot anyway, so a read
+            # gains nothing from BEGIN ... COMMIT but two round trips. asyncpg switches to
+            # autocommit on the client side, without a round trip of its own.
+            read_options["isolation_level"] = "AUTOCOMMIT"
         return cls(
             engine=engine,
             sessionmaker=async_sessionmaker(engine, expire_on_commit=False),
             read_sessionmaker=async_sessionmaker(
-                engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False
+                engine.execution_options(**read_options), expire_on_commit=False
             ),
         )
 
