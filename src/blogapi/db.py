@@ -199,7 +199,12 @@ def get_database(request: Request) -> Database:
     return database
 
 
-DatabaseDep = Annotated[Database, Depends(get_database)]
+async def _database_dependency(request: Request) -> Database:
+    # async: a sync dependency would cost a thread-pool hop on every request.
+    return get_database(request)
+
+
+DatabaseDep = Annotated[Database, Depends(_database_dependency)]
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:

@@ -104,7 +104,7 @@ class PageParams:
         return Page[R](items=[build(row) for row in rows], next_cursor=next_cursor)
 
 
-def page_params(
+async def page_params(
     request: Request, limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None
 ) -> PageParams:
     codec: CursorCodec = request.app.state.cursor_codec
