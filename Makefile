@@ -8,7 +8,7 @@ PORT ?= 8000
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 
-.PHONY: help install run test lint format clean
+.PHONY: help install run test lint format clean bench fuzz
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -38,3 +38,16 @@ format: install  ## apply formatting and safe lint fixes
 
 clean:  ## remove the environment and caches
 	rm -rf .venv .cache .mypy_cache .ruff_cache .pytest_cache
+
+bench: install  ## benchmark blogapi against two baselines with wrk on PostgreSQL (~25 min; BENCH_ARGS=--quick: ~2 min)
+	@if ! command -v wrk >/dev/null 2>&1; then \
+		if [ "$$(id -u)" != 0 ]; then \
+			echo "make bench needs wrk (Debian package wrk): run 'sudo apt-get install wrk' first" >&2; exit 1; \
+		fi; \
+		echo "installing wrk (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null || exit 1; \
+	fi
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+fuzz: install  ## schemathesis against the running service, per backend (~15 min; BACKENDS=sqlite, ROLES=user, FUZZ_ARGS=--seed 7)
+	$(BIN)/python fuzz/run.py $(if $(BACKENDS),--backends $(BACKENDS)) $(if $(ROLES),--roles $(ROLES)) $(FUZZ_ARGS)
