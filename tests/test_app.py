@@ -188,7 +188,8 @@ def test_every_api_route_is_in_the_openapi_document(settings: Settings) -> None:
     assert len(api_routes) >= 16
     for context in api_routes:
         for method in context.methods or ():
-            assert (context.path, method) in documented
+            # path_format drops convertors: /users/{user_id:user_id} is /users/{user_id}.
+            assert (context.path_format, method) in documented
 
 
 def test_the_pyproject_entrypoint_names_the_app_for_fastapi_run() -> None:

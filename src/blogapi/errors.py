@@ -139,6 +139,10 @@ async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == HTTPStatus.BAD_REQUEST and isinstance(exc.__cause__, UnicodeDecodeError):
+        # FastAPI answers 400 to a JSON body that is not UTF-8 (422 to one that is not JSON).
+        error = FieldError(loc=["body"], msg="JSON decode error: the body is not UTF-8", type="json_invalid")
+        return problem_response(HTTPStatus.UNPROCESSABLE_ENTITY, "the request is not valid", errors=[error])
     headers = dict(exc.headers or {})
     if exc.status_code == HTTPStatus.METHOD_NOT_ALLOWED:
         # Starlette names the methods of the first route matching the path; a path has
@@ -223,6 +227,9 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
     assert isinstance(exc, sa_exc.DBAPIError)
     if is_transient(exc):
         return _retry_later(request, exc.orig.__class__.__name__)
+    if str(getattr(exc.orig, "sqlstate", "") or "").startswith("22"):
+        # A data exception asyncpg raises under its generic class (NUL in text: 22021).
+        return await _data_error(request, exc)
     # SQLSTATE class 08 (connection), 57P0x (shutting down, starting up), 53300 (too many
     # connections): asyncpg raises these, e.g. during a restart, as plain DBAPIErrors.
     sqlstate = getattr(exc.orig, "sqlstate", None) or ""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, field_validator
 
 # No C0 control characters (NUL in particular, which PostgreSQL text cannot hold) nor DEL.
 SINGLE_LINE = r"^[^\x00-\x1f\x7f]*$"
@@ -20,6 +20,14 @@ def _encodable(value: str) -> str:
 
 Encodable = AfterValidator(_encodable)
 """Rejects lone surrogates: JSON can carry them, UTF-8 (and so no database) cannot."""
+
+
+def _strip_spaces(value: object) -> object:
+    return value.strip(" ") if isinstance(value, str) else value
+
+
+StripSpaces = BeforeValidator(_strip_spaces)
+"""Trims spaces before the length and pattern checks (which then see any control character at the ends)."""
 
 
 class PartialUpdate(BaseModel):

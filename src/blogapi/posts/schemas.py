@@ -8,12 +8,13 @@ from pydantic.json_schema import SkipJsonSchema
 
 from blogapi.posts.models import BODY_MAX, TAG_MAX, TAGS_PER_POST_MAX, TITLE_MAX
 from blogapi.users.schemas import Author
-from blogapi.validation import MULTI_LINE, SINGLE_LINE, Encodable, PartialUpdate
+from blogapi.validation import MULTI_LINE, SINGLE_LINE, Encodable, PartialUpdate, StripSpaces
 
 Title = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=TITLE_MAX, pattern=SINGLE_LINE),
+    StringConstraints(min_length=1, max_length=TITLE_MAX, pattern=SINGLE_LINE),
     Encodable,
+    StripSpaces,
 ]
 Body = Annotated[str, StringConstraints(max_length=BODY_MAX, pattern=MULTI_LINE), Encodable]
 TagName = Annotated[

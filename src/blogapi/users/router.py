@@ -4,6 +4,7 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
+from starlette.convertors import Convertor, register_url_convertor
 
 from blogapi import idempotency
 from blogapi.auth.dependencies import CurrentUser, OptionalUser
@@ -18,6 +19,24 @@ from blogapi.users import service
 from blogapi.users.models import NAME_MAX
 from blogapi.users.schemas import UserCreate, UserRead, UserUpdate
 from blogapi.validation import SINGLE_LINE
+
+
+class _UserIdConvertor(Convertor[str]):
+    """Any path segment but `me`: PATCH /users/me is then 405 (Allow: GET), not a 422 for the id "me".
+
+    The value stays a string for FastAPI to validate as `UserId` (a non-number is still 422).
+    """
+
+    regex = "(?!me(?:/|$))[^/]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return str(value)
+
+
+register_url_convertor("user_id", _UserIdConvertor())
 
 router = APIRouter(prefix="/users", tags=["users"])
 
@@ -68,7 +87,7 @@ async def list_users(
     return await service.list_users(session, page, viewer, q)
 
 
-@router.get("/{user_id}", responses={200: {"headers": ETAG_HEADER}, **error_responses(401, 404, 422)})
+@router.get("/{user_id:user_id}", responses={200: {"headers": ETAG_HEADER}, **error_responses(401, 404, 422)})
 async def read_user(
     user_id: UserId, session: SessionDep, viewer: OptionalUser, response: Response
 ) -> UserRead:
@@ -78,7 +97,7 @@ async def read_user(
 
 
 @router.patch(
-    "/{user_id}",
+    "/{user_id:user_id}",
     responses={200: {"headers": ETAG_HEADER}, **error_responses(401, 403, 404, 409, 412, 413, 422)},
 )
 async def update_user(
@@ -97,7 +116,9 @@ async def update_user(
 
 
 @router.delete(
-    "/{user_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(401, 403, 404, 412, 422)
+    "/{user_id:user_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(401, 403, 404, 412, 422),
 )
 async def delete_user(
     user_id: UserId, session: SessionDep, me: CurrentUser, if_match: IfMatchHeader = None
@@ -106,6 +127,6 @@ async def delete_user(
     await service.delete_user(session, user_id, me, if_match)
 
 
-@router.get("/{user_id}/posts", responses=error_responses(404, 422))
+@router.get("/{user_id:user_id}/posts", responses=error_responses(404, 422))
 async def list_user_posts(user_id: UserId, session: SessionDep, page: PageDep) -> Page[PostRead]:
     return await posts_service.list_user_posts(session, user_id, page)

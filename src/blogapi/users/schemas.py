@@ -3,19 +3,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 from pydantic.json_schema import SkipJsonSchema
 
 from blogapi.users.models import EMAIL_MAX, NAME_MAX
-from blogapi.validation import SINGLE_LINE, Encodable, PartialUpdate
+from blogapi.validation import SINGLE_LINE, Encodable, PartialUpdate, StripSpaces
 
 PASSWORD_MIN = 8
 PASSWORD_MAX = 128
 
 Name = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=NAME_MAX, pattern=SINGLE_LINE),
+    StringConstraints(min_length=1, max_length=NAME_MAX, pattern=SINGLE_LINE),
     Encodable,
+    StripSpaces,
 ]
 # Lower-cased so that Alice@Example.com and alice@example.com are one account.
 Email = Annotated[
@@ -23,7 +24,8 @@ Email = Annotated[
     StringConstraints(
         to_lower=True,
         max_length=EMAIL_MAX,
-        pattern=r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f.]+(\.[^@\s\x00-\x1f\x7f.]+)+$",
+        # Not \s alone: pydantic's (Rust) \s includes U+0085, OpenAPI's (ECMA-262) U+FEFF instead.
+        pattern=r"^[^@\s\x00-\x1f\x7f-\x9f\uFEFF]+@[^@\s\x00-\x1f\x7f-\x9f\uFEFF.]+(\.[^@\s\x00-\x1f\x7f-\x9f\uFEFF.]+)+$",
     ),
     Encodable,
 ]
@@ -44,7 +46,9 @@ class UserUpdate(PartialUpdate):
     name: Name | SkipJsonSchema[None] = None
     email: Email | SkipJsonSchema[None] = None
     password: Password | SkipJsonSchema[None] = None
-    is_admin: bool | SkipJsonSchema[None] = Field(default=None, description="Only an admin may change this.")
+    is_admin: StrictBool | SkipJsonSchema[None] = Field(
+        default=None, description="Only an admin may change this."
+    )
 
 
 class UserRead(BaseModel):
