@@ -1,0 +1,165 @@
+"""Schemathesis hooks for `make fuzz`: authentication that survives the fuzzer, and one check.
+
+Loaded by schemathesis through `SCHEMATHESIS_HOOKS` (fuzz/run.py sets it, with the
+service's URL in BLOGAPI_FUZZ_URL and its environment, DATABASE_URL included).
+
+Authentication. The fuzzer may change the password of the account whose token it holds
+(every earlier token then gets 401), take away its admin rights, or delete it. So tokens
+come from a provider that makes a fresh account and logs it in, and schemathesis drops the
+cached token and replays the request once when an authenticated request gets 401
+(`retry_on`). Requests schemathesis sends without credentials or with broken ones on
+purpose (`ignored_auth`, `missing_required_header`) are left alone: they must get 401.
+BLOGAPI_FUZZ_ROLE picks the account: `user` signs up over the API (POST /api/v1/users);
+`admin` is made with `blogapi create-admin`, the only way to make one, so that the fuzzer
+also reaches what only an admin may do (changing and deleting anyone).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import threading
+import urllib.parse
+import uuid
+from pathlib import Path
+from typing import Any
+
+import requests
+import schemathesis
+
+BASE_URL = os.environ.get("BLOGAPI_FUZZ_URL", "http://127.0.0.1:8000")
+ROLE = os.environ.get("BLOGAPI_FUZZ_ROLE", "user")
+PASSWORD = "fuzz-password-0123456789"  # noqa: S105  (throwaway accounts on a throwaway database)
+TIMEOUT = 30
+BLOGAPI = Path(sys.executable).parent / "blogapi"
+
+_counter = itertools.count(1)
+_lock = threading.Lock()
+
+
+def _create_user(email: str, name: str) -> None:
+    response = requests.post(
+        f"{BASE_URL}/api/v1/users",
+        json={"name": name, "email": email, "password": PASSWORD},
+        timeout=TIMEOUT,
+    )
+    if response.status_code != 201:
+        raise RuntimeError(f"sign-up failed: {response.status_code} {response.text[:300]}")
+
+
+def _create_admin(email: str, name: str) -> None:
+    result = subprocess.run(  # noqa: S603  (our own CLI)
+        [str(BLOGAPI), "create-admin", "--email", email, "--name", name],
+        env={**os.environ, "BLOGAPI_ADMIN_PASSWORD": PASSWORD},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"blogapi create-admin failed: {result.stdout}{result.stderr}")
+
+
+def new_token() -> str:
+    """Make a new account (per BLOGAPI_FUZZ_ROLE) and log it in; its bearer token."""
+    with _lock:
+        number = next(_counter)
+    email = f"fuzz-{ROLE}-{number}-{uuid.uuid4().hex[:12]}@fuzz.example"
+    name = f"Fuzz {ROLE} {number}"
+    if ROLE == "admin":
+        _create_admin(email, name)
+    else:
+        _create_user(email, name)
+    login = requests.post(
+        f"{BASE_URL}/api/v1/auth/token",
+        data={"username": email, "password": PASSWORD},
+        timeout=TIMEOUT,
+    )
+    if login.status_code != 200:
+        raise RuntimeError(f"login failed: {login.status_code} {login.text[:300]}")
+    token: str = login.json()["access_token"]
+    return token
+
+
+@schemathesis.auth(refresh_interval=1800, retry_on=[401])
+class FreshAccount:
+    """A bearer token for a live account; replaced when the API answers 401."""
+
+    def get(self, case: Any, context: Any) -> str:
+        return new_token()
+
+    def set(self, case: Any, data: str, context: Any) -> None:
+        case.headers = case.headers or {}
+        case.headers["Authorization"] = f"Bearer {data}"
+
+
+# --- rejections that depend on server state ---------------------------------------------
+#
+# Three inputs are valid or not depending on what the server holds, which no JSON Schema can
+# say: an If-Match tag (valid only while it names the current version, else 412), a
+# pagination cursor (valid only if this service signed it with its secret, else 422), and an
+# Idempotency-Key (valid only if not used before with another body, else 422).
+# schemathesis.toml lets `positive_data_acceptance` accept 412 / 422 on exactly the
+# operations taking such an input; this check takes back the rest: on those operations, a
+# schema-valid request answered 412 or 422 for any other reason still fails the run.
+
+IF_MATCH_OPERATIONS = frozenset(
+    {
+        "PATCH /api/v1/users/{user_id}",
+        "DELETE /api/v1/users/{user_id}",
+        "PATCH /api/v1/posts/{post_id}",
+        "DELETE /api/v1/posts/{post_id}",
+    }
+)
+CURSOR_OPERATIONS = frozenset(
+    {"GET /api/v1/users", "GET /api/v1/users/{user_id}/posts", "GET /api/v1/posts", "GET /api/v1/tags"}
+)
+IDEMPOTENCY_OPERATIONS = frozenset({"POST /api/v1/users", "POST /api/v1/posts"})
+CURSOR_REJECTIONS = (
+    "the cursor is malformed",
+    "the cursor is not one this service issued",
+    "the cursor is not one for this list of ",
+)
+IDEMPOTENCY_REJECTION = "this Idempotency-Key was used with a different request body"
+
+
+def _problem_detail(response: Any) -> str:
+    try:
+        detail = response.json().get("detail", "")
+    except Exception:
+        return ""
+    return detail if isinstance(detail, str) else ""
+
+
+def _explained_by_state(operation: str, response: Any) -> bool:
+    """Whether this 412/422 is what the server must answer to an input it cannot honour."""
+    request = response.request
+    if response.status_code == 412:
+        if_match = request.headers.get("If-Match")
+        tags = {tag.strip() for tag in (if_match or "").split(",")}
+        return operation in IF_MATCH_OPERATIONS and if_match is not None and "*" not in tags
+    detail = _problem_detail(response)
+    if operation in CURSOR_OPERATIONS:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.url).query, keep_blank_values=True)
+        return "cursor" in query and detail.startswith(CURSOR_REJECTIONS)
+    if operation in IDEMPOTENCY_OPERATIONS:
+        return request.headers.get("Idempotency-Key") is not None and detail == IDEMPOTENCY_REJECTION
+    return False
+
+
+@schemathesis.check
+def positive_data_rejected_only_for_server_state(ctx: Any, response: Any, case: Any) -> None:
+    meta = case.meta
+    operation = case.operation.label
+    if meta is None or not meta.generation.mode.is_positive:
+        return
+    relaxed = (412,) if operation in IF_MATCH_OPERATIONS else (422,)
+    if operation not in IF_MATCH_OPERATIONS | CURSOR_OPERATIONS | IDEMPOTENCY_OPERATIONS:
+        return
+    if response.status_code in relaxed and not _explained_by_state(operation, response):
+        raise AssertionError(
+            f"Schema-valid request answered {response.status_code}, and not because of an If-Match,"
+            f" cursor or Idempotency-Key the server could not honour: {response.text[:300]}"
+        )
