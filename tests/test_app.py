@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import logging
 import tomllib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -80,11 +82,9 @@ async def test_an_unexpected_error_is_a_generic_500_that_leaks_nothing_and_is_lo
     async def boom() -> None:
         raise RuntimeError("boom SELECT secret FROM vault")
 
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            with caplog.at_level(logging.ERROR, logger="blogapi.errors"):
-                response = await client.get("/boom")
+    async with serving(app, raise_app_exceptions=False) as client:
+        with caplog.at_level(logging.ERROR, logger="blogapi.errors"):
+            response = await client.get("/boom")
     assert response.status_code == 500
     assert response.headers["content-type"] == PROBLEM
     for leaked in ("boom", "SELECT", "secret", "Traceback"):
@@ -106,18 +106,27 @@ async def test_health_ready_runs_a_query(client: httpx.AsyncClient) -> None:
     assert response.json() == {"status": "ok"}
 
 
-async def test_health_ready_is_503_with_retry_after_when_the_database_is_unreachable() -> None:
+@asynccontextmanager
+async def serving(app: FastAPI, **transport_options: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app, **transport_options)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
+
+
+def _unreachable_database_app() -> FastAPI:
     settings = Settings(
         database_url="postgresql+asyncpg://nobody@127.0.0.1:1/none",
         environment=Environment.TEST,
         _env_file=None,
     )
-    app = create_app(settings)
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            response = await client.get("/health/ready")
-            live = await client.get("/health/live")
+    return create_app(settings)
+
+
+async def test_health_ready_is_503_with_retry_after_when_the_database_is_unreachable() -> None:
+    async with serving(_unreachable_database_app()) as client:
+        response = await client.get("/health/ready")
+        live = await client.get("/health/live")
     assert response.status_code == 503
     assert response.headers["content-type"] == PROBLEM
     assert response.headers["retry-after"].isdigit()
@@ -125,16 +134,8 @@ async def test_health_ready_is_503_with_retry_after_when_the_database_is_unreach
 
 
 async def test_a_database_outage_during_a_request_is_a_503_not_a_500() -> None:
-    settings = Settings(
-        database_url="postgresql+asyncpg://nobody@127.0.0.1:1/none",
-        environment=Environment.TEST,
-        _env_file=None,
-    )
-    app = create_app(settings)
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            response = await client.get("/api/v1/posts")
+    async with serving(_unreachable_database_app()) as client:
+        response = await client.get("/api/v1/posts")
     assert response.status_code == 503
     assert "retry-after" in response.headers
 
