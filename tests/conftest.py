@@ -16,6 +16,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -302,3 +303,18 @@ def backend(database_url: str) -> str:
 
 
 TESTS_DIR = Path(__file__).parent
+PROBLEM = "application/problem+json"
+
+
+def assert_problem(response: httpx.Response, *statuses: int) -> dict[str, Any]:
+    """An RFC 9457 problem with one of `statuses`; returns the parsed body."""
+    assert response.status_code in statuses, (response.status_code, response.text)
+    assert response.headers["content-type"] == PROBLEM, response.headers
+    problem: dict[str, Any] = response.json()
+    assert problem["status"] == response.status_code
+    assert problem["title"] == HTTPStatus(response.status_code).phrase
+    assert isinstance(problem["type"], str)
+    assert problem["type"]
+    assert isinstance(problem["detail"], str)
+    assert problem["detail"]
+    return problem

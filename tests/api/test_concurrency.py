@@ -7,12 +7,11 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from http import HTTPStatus
 from typing import Any
 
 import httpx
 import pytest
-from conftest import Account, Accounts
+from conftest import Account, Accounts, assert_problem
 from sqlalchemy import event, func, select, update
 from sqlalchemy.exc import OperationalError
 
@@ -30,16 +29,6 @@ INSERT_INTO_POST = re.compile(r"^\s*INSERT INTO [`\"]?post[`\"]?[\s(]", re.IGNOR
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    problem: dict[str, Any] = response.json()
-    assert problem["status"] == status
-    assert problem["title"] == HTTPStatus(status).phrase
-    assert problem["detail"]
-    return problem
 
 
 def version_of(response: httpx.Response) -> int:

@@ -12,12 +12,11 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Any
 
 import httpx
 import pytest
-from conftest import PASSWORD, Account, Accounts
+from conftest import PASSWORD, Account, Accounts, assert_problem
 
 from blogapi.config import Settings
 
@@ -118,17 +117,6 @@ async def subject(client: httpx.AsyncClient, accounts: Accounts) -> Subject:
     )
     assert response.status_code == 201, response.text
     return Subject(client, owner, response.json()["id"])
-
-
-def assert_problem(response: httpx.Response, *statuses: int) -> dict[str, Any]:
-    """A 4xx from `statuses`, rendered as RFC 9457 problem details."""
-    assert response.status_code in statuses, (response.status_code, response.text)
-    assert response.headers["content-type"] == PROBLEM, response.headers
-    problem: dict[str, Any] = response.json()
-    assert problem["status"] == response.status_code
-    assert problem["title"] == HTTPStatus(response.status_code).phrase
-    assert isinstance(problem["detail"], str)
-    return problem
 
 
 def assert_client_error(response: httpx.Response) -> dict[str, Any]:

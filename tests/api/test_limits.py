@@ -4,29 +4,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from http import HTTPStatus
 from typing import Any
 
 import httpx
 import pytest
-from conftest import Account, Accounts
+from conftest import Account, Accounts, assert_problem
 
 from blogapi.config import Settings
 
 API = "/api/v1"
 PROBLEM = "application/problem+json"
 JSON = {"Content-Type": "application/json"}
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    problem: dict[str, Any] = response.json()
-    assert problem["status"] == status
-    assert problem["title"] == HTTPStatus(status).phrase
-    assert isinstance(problem["detail"], str)
-    assert problem["detail"]
-    return problem
 
 
 def padded_json(payload: dict[str, Any], size: int) -> bytes:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime
-from http import HTTPStatus
 from typing import Any
 
 import httpx
 import pytest
-from conftest import TEST_SECRET, Account, Accounts, StatementCounter
+from conftest import TEST_SECRET, Account, Accounts, StatementCounter, assert_problem
 
 from blogapi.db import Database
 from blogapi.pagination import CursorCodec
@@ -19,17 +18,6 @@ API = "/api/v1"
 PROBLEM = "application/problem+json"
 LISTS = ("/posts", "/tags", "/users", "/users/{user_id}/posts")
 STATEMENT_BUDGET = 3
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    problem: dict[str, Any] = response.json()
-    assert problem["status"] == status
-    assert problem["title"] == HTTPStatus(status).phrase
-    assert isinstance(problem["detail"], str)
-    assert problem["detail"]
-    return problem
 
 
 async def create_post(client: httpx.AsyncClient, account: Account, **fields: Any) -> int:

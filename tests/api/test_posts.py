@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from http import HTTPStatus
 from typing import Any
 
 import httpx
 import pytest
-from conftest import Account, Accounts
+from conftest import Account, Accounts, assert_problem
 from sqlalchemy import event, func, select
 from sqlalchemy.exc import OperationalError
 
@@ -21,20 +20,6 @@ from blogapi.posts.models import Post
 API = "/api/v1"
 PROBLEM = "application/problem+json"
 OUT_OF_RANGE_IDS = (0, -1, 2**31, 2**63, 10**30)
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    """An RFC 9457 problem with this status; returns the parsed body."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    problem: dict[str, Any] = response.json()
-    assert problem["status"] == status
-    assert problem["title"] == HTTPStatus(status).phrase
-    assert isinstance(problem["type"], str)
-    assert problem["type"]
-    assert isinstance(problem["detail"], str)
-    assert problem["detail"]
-    return problem
 
 
 async def create_post(client: httpx.AsyncClient, account: Account, **fields: Any) -> dict[str, Any]:

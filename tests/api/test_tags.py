@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-from http import HTTPStatus
 from typing import Any
 
 import httpx
 import pytest
-from conftest import Account, Accounts
+from conftest import Account, Accounts, assert_problem
 
 API = "/api/v1"
 PROBLEM = "application/problem+json"
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    problem: dict[str, Any] = response.json()
-    assert problem["status"] == status
-    assert problem["title"] == HTTPStatus(status).phrase
-    assert isinstance(problem["detail"], str)
-    assert problem["detail"]
-    return problem
 
 
 async def create_post(client: httpx.AsyncClient, account: Account, tags: list[str]) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import PASSWORD, Accounts
+from conftest import PASSWORD, Accounts, assert_problem
 from pwdlib import PasswordHash
 from sqlalchemy import func, select
 
@@ -56,17 +56,6 @@ async def create_post(client: httpx.AsyncClient, headers: dict[str, str], title:
     assert response.status_code == 201, response.text
     post: dict[str, Any] = response.json()
     return post
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert isinstance(body["type"], str)
-    assert isinstance(body["title"], str)
-    assert isinstance(body["detail"], str)
-    return body
 
 
 def assert_validation_error(response: httpx.Response) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import PASSWORD, Account, Accounts
+from conftest import PASSWORD, Account, Accounts, assert_problem
 from fastapi.routing import iter_route_contexts
 
 API = "/api/v1"
@@ -126,12 +126,6 @@ async def observable_state(client: httpx.AsyncClient, world: World) -> dict[str,
         "users": users.json(),
         "posts": posts.json(),
     }
-
-
-def assert_problem(response: httpx.Response, status: int) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    assert response.json()["status"] == status
 
 
 def route_table(app: Any) -> set[tuple[str, str]]:
