@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
+from blogapi.config import Settings
 from blogapi.db import Base, UTCDateTime, binary_string, utcnow, violates
 from blogapi.errors import Conflict, InvalidInput
 
@@ -94,11 +95,13 @@ def _replay(record: IdempotencyRecord, digest: str) -> Response:
 
 
 async def begin(
-    session: AsyncSession, *, owner: str, key: str | None, digest: str, ttl: timedelta
+    session: AsyncSession, settings: Settings, *, owner: str, key: str | None, route: str, body: BaseModel
 ) -> IdempotentRequest:
     """Claim `key` for this request, or find the response of the request that claimed it."""
     if key is None:
         return IdempotentRequest(None, None)
+    digest = fingerprint(settings.secret_key.get_secret_value().encode(), route, body)
+    ttl = timedelta(hours=settings.idempotency_key_hours)
     now = utcnow()
     scope = (IdempotencyRecord.owner == owner, IdempotencyRecord.key == key)
     await session.execute(delete(IdempotencyRecord).where(*scope, IdempotencyRecord.expires_at <= now))

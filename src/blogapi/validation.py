@@ -10,11 +10,18 @@ SINGLE_LINE = r"^[^\x00-\x1f\x7f]*$"
 MULTI_LINE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 
 
-def _encodable(value: str) -> str:
+def is_utf8(text: str) -> bool:
+    """Whether `text` can be encoded as UTF-8, i.e. holds no lone surrogates."""
     try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError("text must be valid Unicode (no lone surrogates)") from exc
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _encodable(value: str) -> str:
+    if not is_utf8(value):
+        raise ValueError("text must be valid Unicode (no lone surrogates)")
     return value
 
 

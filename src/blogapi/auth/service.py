@@ -12,15 +12,12 @@ from blogapi.config import Settings
 from blogapi.db import Database, utcnow
 from blogapi.errors import InvalidInput, TooManyRequests, Unauthorized
 from blogapi.users.models import User
+from blogapi.validation import is_utf8
 
 
 def _storable(text: str) -> bool:
     """Text a database can compare against and a hasher can encode (no NUL, no lone surrogates)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return "\x00" not in text
+    return is_utf8(text) and "\x00" not in text
 
 
 async def log_in(database: Database, email: str, password: str, address: str, settings: Settings) -> User:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
@@ -37,11 +36,7 @@ async def create_post(
 ) -> Response:
     """Publish a post as the caller."""
     claim = await idempotency.begin(
-        session,
-        owner=idempotency.owner_of(me.id),
-        key=idempotency_key,
-        digest=idempotency.fingerprint(settings.secret_key.get_secret_value().encode(), "posts", data),
-        ttl=timedelta(hours=settings.idempotency_key_hours),
+        session, settings, owner=idempotency.owner_of(me.id), key=idempotency_key, route="posts", body=data
     )
     if claim.replay is not None:
         return claim.replay

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
@@ -60,11 +59,7 @@ async def create_user(
     idempotency_key: idempotency.IdempotencyKeyHeader = None,
 ) -> Response:
     claim = await idempotency.begin(
-        session,
-        owner=idempotency.owner_of(None),
-        key=idempotency_key,
-        digest=idempotency.fingerprint(settings.secret_key.get_secret_value().encode(), "users", data),
-        ttl=timedelta(hours=settings.idempotency_key_hours),
+        session, settings, owner=idempotency.owner_of(None), key=idempotency_key, route="users", body=data
     )
     if claim.replay is not None:
         return claim.replay
