@@ -8,10 +8,11 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from blogapi.config import Settings
 from blogapi.db import READ_ONLY, Database, UTCDateTime, normalize_url
+from blogapi.errors import is_retryable_disconnect
 from blogapi.posts.models import Post
 from blogapi.users.models import User
 
@@ -118,3 +119,13 @@ async def test_twenty_concurrent_write_transactions_on_one_database_all_commit(d
     async with database.sessionmaker() as session:
         emails = (await session.scalars(select(User.email).where(User.email.like("w%@example.com")))).all()
     assert len(emails) == 20
+
+
+def test_a_connection_lost_during_a_statement_may_rerun_the_request_but_one_lost_at_commit_may_not() -> None:
+    lost = ConnectionResetError("connection is closed")
+    during_statement = DBAPIError("SELECT 1", {}, lost, connection_invalidated=True)
+    during_commit = DBAPIError(None, None, lost, connection_invalidated=True)
+    not_a_disconnect = DBAPIError("SELECT 1", {}, ValueError("bad value"))
+    assert is_retryable_disconnect(during_statement)
+    assert not is_retryable_disconnect(during_commit)
+    assert not is_retryable_disconnect(not_a_disconnect)

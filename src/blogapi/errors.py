@@ -208,6 +208,18 @@ def is_transient(exc: sa_exc.DBAPIError) -> bool:
     return "database is locked" in str(error)  # SQLite past its busy timeout
 
 
+def is_retryable_disconnect(exc: sa_exc.DBAPIError) -> bool:
+    """The connection was lost while a statement ran, not while a transaction committed.
+
+    Either way the pool has dropped it and every connection as old. Before COMMIT nothing
+    of the transaction is stored (reads are autocommit and change nothing), so the whole
+    request may run again: this is how a pooled connection that died while idle (a
+    database restart, an idle timeout) is replaced without failing anyone's request. A
+    failed COMMIT has no statement; its outcome is unknown, and only the client may retry.
+    """
+    return exc.connection_invalidated and exc.statement is not None
+
+
 def _retry_later(request: Request, cause: str) -> JSONResponse:
     # The retry middleware runs the request again while it may; this 503 is what the
     # client gets once it may not.
@@ -227,6 +239,15 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
     assert isinstance(exc, sa_exc.DBAPIError)
     if is_transient(exc):
         return _retry_later(request, exc.orig.__class__.__name__)
+    if is_retryable_disconnect(exc):
+        request.state.retry_transaction = True  # the client gets this 503 once no attempt is left
+        logger.warning(
+            "database connection lost on %s %s: %s",
+            request.method,
+            request.url.path,
+            exc.orig.__class__.__name__,
+        )
+        return _service_unavailable("the database is unavailable; retry shortly")
     if str(getattr(exc.orig, "sqlstate", "") or "").startswith("22"):
         # A data exception asyncpg raises under its generic class (NUL in text: 22021).
         return await _data_error(request, exc)

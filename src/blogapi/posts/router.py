@@ -7,7 +7,7 @@ from fastapi import APIRouter, Path, Query, Response, status
 from blogapi import idempotency
 from blogapi.auth.dependencies import CurrentUser
 from blogapi.config import SettingsDep
-from blogapi.db import MAX_ID, SessionDep
+from blogapi.db import MAX_ID, ConnectionDep, SessionDep
 from blogapi.errors import error_responses
 from blogapi.pagination import Page, PageDep
 from blogapi.posts import service
@@ -48,7 +48,7 @@ async def create_post(
 
 @router.get("/posts", responses=error_responses(422))
 async def list_posts(
-    session: SessionDep,
+    connection: ConnectionDep,
     page: PageDep,
     author_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     tag: Annotated[TagName | None, Query()] = None,
@@ -57,12 +57,12 @@ async def list_posts(
         Query(max_length=TITLE_MAX, pattern=SINGLE_LINE, description="Case-insensitive title filter."),
     ] = None,
 ) -> Page[PostRead]:
-    return await service.list_posts(session, page, author_id=author_id, tag=tag, title_contains=q)
+    return await service.list_posts(connection, page, author_id=author_id, tag=tag, title_contains=q)
 
 
 @router.get("/posts/{post_id}", responses={200: {"headers": ETAG_HEADER}, **error_responses(404, 422)})
-async def read_post(post_id: PostId, session: SessionDep, response: Response) -> PostRead:
-    view = await service.read_post(session, post_id)
+async def read_post(post_id: PostId, connection: ConnectionDep, response: Response) -> PostRead:
+    view = await service.read_post(connection, post_id)
     response.headers["ETag"] = etag(view.version)
     return view.post
 
@@ -98,5 +98,5 @@ async def delete_post(
 
 
 @router.get("/tags", responses=error_responses(422))
-async def list_tags(session: SessionDep, page: PageDep) -> Page[TagRead]:
-    return await service.list_tags(session, page)
+async def list_tags(connection: ConnectionDep, page: PageDep) -> Page[TagRead]:
+    return await service.list_tags(connection, page)

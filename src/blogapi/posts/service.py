@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from functools import cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import Row, Select, and_, func, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Integer, Row, and_, bindparam, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import joinedload, selectinload
 
-from blogapi.db import insert_missing, utcnow
+from blogapi.db import AnySelect, UTCDateTime, escape_like, insert_missing, utcnow
 from blogapi.errors import Forbidden, NotFound
 from blogapi.pagination import Page, PageParams
 from blogapi.posts.models import Post, Tag, post_tag
@@ -29,6 +30,8 @@ _POST_LOADS = (
 # Reads select just the columns a PostRead shows, in one statement whatever the page size:
 # the author joined, the tags aggregated into one string per post (a tag name cannot
 # contain the comma). No entities, no identity map: most of a read's cost otherwise.
+# Each read statement is built once, with bound parameters for every value, so that its
+# cache key (a walk over the whole statement) is computed once too, not per request.
 _TAG_NAMES = (
     select(func.aggregate_strings(Tag.name, ","))
     .join(post_tag, post_tag.c.tag_id == Tag.id)
@@ -46,6 +49,7 @@ _POST_VIEW = select(
     User.name.label("author_name"),
     _TAG_NAMES.label("tag_names"),
 ).join(User, User.id == Post.author_id)
+_POST_BY_ID = _POST_VIEW.where(Post.id == bindparam("post_id"))
 
 
 class PostView(NamedTuple):
@@ -92,8 +96,8 @@ async def create_post(session: AsyncSession, author: User, data: PostCreate) -> 
     return post
 
 
-async def read_post(session: AsyncSession, post_id: int) -> PostView:
-    row = (await session.execute(_POST_VIEW.where(Post.id == post_id))).one_or_none()
+async def read_post(connection: AsyncConnection, post_id: int) -> PostView:
+    row = (await connection.execute(_POST_BY_ID, {"post_id": post_id})).one_or_none()
     if row is None:
         raise NotFound(f"post {post_id} not found")
     return PostView(_view(row), row.version)
@@ -141,60 +145,87 @@ async def delete_post(session: AsyncSession, post_id: int, actor: User, if_match
     await session.flush()
 
 
-def _newest_first(query: Select[Any], position: list[Any] | None) -> Select[Any]:
-    if position is not None:
-        created_at, post_id = position
+@cache
+def _posts_query(*, by_author: bool, by_tag: bool, by_title: bool, after: bool) -> AnySelect:
+    """The page statement for one combination of filters (16 at most); values are bound."""
+    query = _POST_VIEW
+    if by_author:
+        query = query.where(Post.author_id == bindparam("author_id"))
+    if by_tag:
+        query = query.where(Post.tags.any(Tag.name == bindparam("tag")))
+    if by_title:
+        query = query.where(Post.title.icontains(bindparam("title"), escape="/"))
+    if after:  # newest first: the page continues with older posts, ties broken by id
+        created_at = bindparam("after_created_at", type_=UTCDateTime)
+        post_id = bindparam("after_id", type_=Integer)
         query = query.where(
             or_(Post.created_at < created_at, and_(Post.created_at == created_at, Post.id < post_id))
         )
-    return query.order_by(Post.created_at.desc(), Post.id.desc())
+    return query.order_by(Post.created_at.desc(), Post.id.desc()).limit(bindparam("limit"))
 
 
 async def list_posts(
-    session: AsyncSession,
+    connection: AsyncConnection,
     params: PageParams,
     *,
     author_id: int | None = None,
     tag: str | None = None,
     title_contains: str | None = None,
 ) -> Page[PostRead]:
-    query = _POST_VIEW.limit(params.limit + 1)
+    position = params.position("posts", datetime.fromisoformat, int)
+    query = _posts_query(
+        by_author=author_id is not None,
+        by_tag=tag is not None,
+        by_title=bool(title_contains),
+        after=position is not None,
+    )
+    values: dict[str, Any] = {"limit": params.limit + 1}
     if author_id is not None:
-        query = query.where(Post.author_id == author_id)
+        values["author_id"] = author_id
     if tag is not None:
-        query = query.where(Post.tags.any(Tag.name == tag.lower()))
+        values["tag"] = tag.lower()
     if title_contains:
-        query = query.where(Post.title.icontains(title_contains, autoescape=True))
-    query = _newest_first(query, params.position("posts", datetime.fromisoformat, int))
-    rows = list(await session.execute(query))
+        values["title"] = escape_like(title_contains, "/")
+    if position is not None:
+        values["after_created_at"], values["after_id"] = position
+    rows = list(await connection.execute(query, values))
     return params.page("posts", rows, key=lambda row: [row.created_at.isoformat(), row.id], build=_view)
 
 
-async def list_user_posts(session: AsyncSession, user_id: int, params: PageParams) -> Page[PostRead]:
-    page = await list_posts(session, params, author_id=user_id)
+async def list_user_posts(connection: AsyncConnection, user_id: int, params: PageParams) -> Page[PostRead]:
+    page = await list_posts(connection, params, author_id=user_id)
     if not page.items:
         # Only an empty page leaves open whether the user exists.
-        await users_service.get_user(session, user_id)
+        await users_service.read_user(connection, user_id)
     return page
 
 
-async def list_tags(session: AsyncSession, params: PageParams) -> Page[TagRead]:
+@cache
+def _tags_query(*, after: bool) -> AnySelect:
     post_count = func.count(post_tag.c.post_id)
     query = (
         select(Tag.name, post_count.label("post_count"))
         .join(post_tag, post_tag.c.tag_id == Tag.id)
         .group_by(Tag.id, Tag.name)
         .order_by(post_count.desc(), Tag.name)
-        .limit(params.limit + 1)
+        .limit(bindparam("limit"))
     )
-    position = params.position("tags", int, str)
-    if position is not None:
-        count, name = position
+    if after:  # most used first: the page continues with rarer tags, ties in name order
+        count = bindparam("after_count", type_=Integer)
+        name = bindparam("after_name", type_=Tag.name.type)
         query = query.having(or_(post_count < count, and_(post_count == count, Tag.name > name)))
-    rows = list((await session.execute(query)).all())
+    return query
+
+
+async def list_tags(connection: AsyncConnection, params: PageParams) -> Page[TagRead]:
+    position = params.position("tags", int, str)
+    values: dict[str, Any] = {"limit": params.limit + 1}
+    if position is not None:
+        values["after_count"], values["after_name"] = position
+    rows = list(await connection.execute(_tags_query(after=position is not None), values))
     return params.page(
         "tags",
         rows,
-        key=lambda row: [row[1], row[0]],
-        build=lambda row: TagRead(name=row[0], post_count=row[1]),
+        key=lambda row: [row.post_count, row.name],
+        build=lambda row: TagRead(name=row.name, post_count=row.post_count),
     )

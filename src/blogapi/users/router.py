@@ -6,9 +6,9 @@ from fastapi import APIRouter, Path, Query, Response, status
 from starlette.convertors import Convertor, register_url_convertor
 
 from blogapi import idempotency
-from blogapi.auth.dependencies import CurrentUser, OptionalUser
+from blogapi.auth.dependencies import CurrentUser, OptionalViewer, Viewer
 from blogapi.config import SettingsDep
-from blogapi.db import MAX_ID, SessionDep
+from blogapi.db import MAX_ID, ConnectionDep, SessionDep
 from blogapi.errors import error_responses
 from blogapi.pagination import Page, PageDep
 from blogapi.posts import service as posts_service
@@ -70,23 +70,23 @@ async def create_user(
 
 
 @router.get("/me", responses={200: {"headers": ETAG_HEADER}, **error_responses(401)})
-async def read_me(me: CurrentUser, response: Response) -> UserRead:
+async def read_me(me: Viewer, response: Response) -> UserRead:
     response.headers["ETag"] = etag(me.version)
     return service.to_read(me, viewer=me)
 
 
 @router.get("", responses=error_responses(401, 422))
 async def list_users(
-    session: SessionDep, viewer: OptionalUser, page: PageDep, q: NameQuery = None
+    connection: ConnectionDep, viewer: OptionalViewer, page: PageDep, q: NameQuery = None
 ) -> Page[UserRead]:
-    return await service.list_users(session, page, viewer, q)
+    return await service.list_users(connection, page, viewer, q)
 
 
 @router.get("/{user_id:user_id}", responses={200: {"headers": ETAG_HEADER}, **error_responses(401, 404, 422)})
 async def read_user(
-    user_id: UserId, session: SessionDep, viewer: OptionalUser, response: Response
+    user_id: UserId, connection: ConnectionDep, viewer: OptionalViewer, response: Response
 ) -> UserRead:
-    user = await service.get_user(session, user_id)
+    user = await service.read_user(connection, user_id)
     response.headers["ETag"] = etag(user.version)
     return service.to_read(user, viewer)
 
@@ -123,5 +123,5 @@ async def delete_user(
 
 
 @router.get("/{user_id:user_id}/posts", responses=error_responses(404, 422))
-async def list_user_posts(user_id: UserId, session: SessionDep, page: PageDep) -> Page[PostRead]:
-    return await posts_service.list_user_posts(session, user_id, page)
+async def list_user_posts(user_id: UserId, connection: ConnectionDep, page: PageDep) -> Page[PostRead]:
+    return await posts_service.list_user_posts(connection, user_id, page)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from functools import cache
+from typing import Any
+
+from sqlalchemy import Integer, bindparam, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from blogapi.auth.security import hash_password
 from blogapi.config import Settings
-from blogapi.db import violates
+from blogapi.db import AnyRow, AnySelect, escape_like, violates
 from blogapi.errors import Conflict, Forbidden, NotFound
 from blogapi.pagination import Page, PageParams
 from blogapi.preconditions import require_match
@@ -17,12 +20,28 @@ from blogapi.users.schemas import UserCreate, UserRead, UserUpdate
 
 EMAIL_TAKEN = "an account with this email already exists"
 
+Account = User | AnyRow
+"""A user as an entity (writes) or as a row of `USER_COLUMNS` (reads)."""
 
-def can_manage(actor: User | None, user: User) -> bool:
+# Reads select these columns, never the password hash, and build responses from the rows.
+_USER_COLUMNS: AnySelect = select(
+    User.id,
+    User.name,
+    User.email,
+    User.is_admin,
+    User.created_at,
+    User.updated_at,
+    User.version,
+    User.token_version,
+)
+_USER_BY_ID = _USER_COLUMNS.where(User.id == bindparam("user_id"))
+
+
+def can_manage(actor: Account | None, user: Account) -> bool:
     return actor is not None and (actor.is_admin or actor.id == user.id)
 
 
-def to_read(user: User, viewer: User | None) -> UserRead:
+def to_read(user: Account, viewer: Account | None) -> UserRead:
     """A user as `viewer` may see them: the email only to the user themself and admins."""
     return UserRead(
         id=user.id,
@@ -54,6 +73,17 @@ async def create_user(
     return user
 
 
+async def find_user(connection: AsyncConnection, user_id: int) -> AnyRow | None:
+    return (await connection.execute(_USER_BY_ID, {"user_id": user_id})).one_or_none()
+
+
+async def read_user(connection: AsyncConnection, user_id: int) -> AnyRow:
+    user = await find_user(connection, user_id)
+    if user is None:
+        raise NotFound(f"user {user_id} not found")
+    return user
+
+
 async def get_user(session: AsyncSession, user_id: int, *, for_update: bool = False) -> User:
     """The user, or NotFound. `for_update` locks the row for the rest of the transaction.
 
@@ -70,18 +100,28 @@ async def get_user(session: AsyncSession, user_id: int, *, for_update: bool = Fa
     return user
 
 
+@cache
+def _users_query(*, by_name: bool, after: bool) -> AnySelect:
+    query = _USER_COLUMNS
+    if by_name:
+        query = query.where(User.name.icontains(bindparam("name"), escape="/"))
+    if after:
+        query = query.where(User.id > bindparam("after_id", type_=Integer))
+    return query.order_by(User.id).limit(bindparam("limit"))
+
+
 async def list_users(
-    session: AsyncSession, params: PageParams, viewer: User | None, name_contains: str | None
+    connection: AsyncConnection, params: PageParams, viewer: Account | None, name_contains: str | None
 ) -> Page[UserRead]:
-    query = select(User).order_by(User.id).limit(params.limit + 1)
     position = params.position("users", int)
-    if position is not None:
-        (after_id,) = position
-        query = query.where(User.id > after_id)
+    values: dict[str, Any] = {"limit": params.limit + 1}
     if name_contains:
-        query = query.where(User.name.icontains(name_contains, autoescape=True))
-    users = list(await session.scalars(query))
-    return params.page("users", users, key=lambda user: [user.id], build=lambda user: to_read(user, viewer))
+        values["name"] = escape_like(name_contains, "/")
+    if position is not None:
+        (values["after_id"],) = position
+    query = _users_query(by_name=bool(name_contains), after=position is not None)
+    rows = list(await connection.execute(query, values))
+    return params.page("users", rows, key=lambda user: [user.id], build=lambda user: to_read(user, viewer))
 
 
 async def update_user(
