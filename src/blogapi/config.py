@@ -30,8 +30,10 @@ class Settings(BaseSettings):
     access_token_minutes: int = Field(default=60, ge=1, le=60 * 24 * 30)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     cors_origins: Annotated[list[str], NoDecode] = []
-    pool_size: int = Field(default=10, ge=1)
-    max_overflow: int = Field(default=5, ge=0)
+    # A fixed pool: an overflow connection is closed when it comes back to a full pool, so
+    # under steady load above pool_size every few requests would open a new connection.
+    pool_size: int = Field(default=15, ge=1)
+    max_overflow: int = Field(default=0, ge=0)
     pool_timeout: float = Field(default=5.0, gt=0)
     pool_recycle: int = Field(default=1800, ge=-1)
     # Argon2 is CPU-bound: hashing on every core at once would starve the event loop.
