@@ -43,7 +43,9 @@ async def seconds_blocked(
 async def record_failure(session: AsyncSession, buckets: list[str], now: datetime, window: timedelta) -> None:
     """Count one failure in each bucket, starting a new window where the old one ended."""
     await insert_missing(
-        session, LoginFailures, [{"bucket": bucket, "failures": 0, "window_start": now} for bucket in buckets]
+        await session.connection(),
+        LoginFailures,
+        [{"bucket": bucket, "failures": 0, "window_start": now} for bucket in buckets],
     )
     expired = LoginFailures.window_start <= now - window
     await session.execute(

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Path, Query, Response, status
 from blogapi import idempotency
 from blogapi.auth.dependencies import CurrentUser
 from blogapi.config import SettingsDep
-from blogapi.db import MAX_ID, ConnectionDep, SessionDep
+from blogapi.db import MAX_ID, DatabaseDep, SessionDep
 from blogapi.errors import error_responses
 from blogapi.pagination import Page, PageDep
 from blogapi.posts import service
@@ -40,15 +40,15 @@ async def create_post(
     )
     if claim.replay is not None:
         return claim.replay
-    post = await service.create_post(session, me, data)
+    view = await service.create_post(session, me, data)
     return await idempotency.complete(
-        session, claim, service.to_read(post), f"/api/v1/posts/{post.id}", etag(post.version)
+        session, claim, view.post, f"/api/v1/posts/{view.post.id}", etag(view.version)
     )
 
 
 @router.get("/posts", responses=error_responses(422))
 async def list_posts(
-    connection: ConnectionDep,
+    database: DatabaseDep,
     page: PageDep,
     author_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     tag: Annotated[TagName | None, Query()] = None,
@@ -57,12 +57,14 @@ async def list_posts(
         Query(max_length=TITLE_MAX, pattern=SINGLE_LINE, description="Case-insensitive title filter."),
     ] = None,
 ) -> Page[PostRead]:
-    return await service.list_posts(connection, page, author_id=author_id, tag=tag, title_contains=q)
+    async with database.read_engine.connect() as connection:
+        return await service.list_posts(connection, page, author_id=author_id, tag=tag, title_contains=q)
 
 
 @router.get("/posts/{post_id}", responses={200: {"headers": ETAG_HEADER}, **error_responses(404, 422)})
-async def read_post(post_id: PostId, connection: ConnectionDep, response: Response) -> PostRead:
-    view = await service.read_post(connection, post_id)
+async def read_post(post_id: PostId, database: DatabaseDep, response: Response) -> PostRead:
+    async with database.read_engine.connect() as connection:
+        view = await service.read_post(connection, post_id)
     response.headers["ETag"] = etag(view.version)
     return view.post
 
@@ -98,5 +100,6 @@ async def delete_post(
 
 
 @router.get("/tags", responses=error_responses(422))
-async def list_tags(connection: ConnectionDep, page: PageDep) -> Page[TagRead]:
-    return await service.list_tags(connection, page)
+async def list_tags(database: DatabaseDep, page: PageDep) -> Page[TagRead]:
+    async with database.read_engine.connect() as connection:
+        return await service.list_tags(connection, page)

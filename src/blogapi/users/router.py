@@ -8,7 +8,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from blogapi import idempotency
 from blogapi.auth.dependencies import CurrentUser, OptionalViewer, Viewer
 from blogapi.config import SettingsDep
-from blogapi.db import MAX_ID, ConnectionDep, SessionDep
+from blogapi.db import MAX_ID, DatabaseDep, SessionDep
 from blogapi.errors import error_responses
 from blogapi.pagination import Page, PageDep
 from blogapi.posts import service as posts_service
@@ -77,16 +77,18 @@ async def read_me(me: Viewer, response: Response) -> UserRead:
 
 @router.get("", responses=error_responses(401, 422))
 async def list_users(
-    connection: ConnectionDep, viewer: OptionalViewer, page: PageDep, q: NameQuery = None
+    database: DatabaseDep, viewer: OptionalViewer, page: PageDep, q: NameQuery = None
 ) -> Page[UserRead]:
-    return await service.list_users(connection, page, viewer, q)
+    async with database.read_engine.connect() as connection:
+        return await service.list_users(connection, page, viewer, q)
 
 
 @router.get("/{user_id:user_id}", responses={200: {"headers": ETAG_HEADER}, **error_responses(401, 404, 422)})
 async def read_user(
-    user_id: UserId, connection: ConnectionDep, viewer: OptionalViewer, response: Response
+    user_id: UserId, database: DatabaseDep, viewer: OptionalViewer, response: Response
 ) -> UserRead:
-    user = await service.read_user(connection, user_id)
+    async with database.read_engine.connect() as connection:
+        user = await service.read_user(connection, user_id)
     response.headers["ETag"] = etag(user.version)
     return service.to_read(user, viewer)
 
@@ -123,5 +125,6 @@ async def delete_user(
 
 
 @router.get("/{user_id:user_id}/posts", responses=error_responses(404, 422))
-async def list_user_posts(user_id: UserId, connection: ConnectionDep, page: PageDep) -> Page[PostRead]:
-    return await posts_service.list_user_posts(connection, user_id, page)
+async def list_user_posts(user_id: UserId, database: DatabaseDep, page: PageDep) -> Page[PostRead]:
+    async with database.read_engine.connect() as connection:
+        return await posts_service.list_user_posts(connection, user_id, page)

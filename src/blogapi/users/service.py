@@ -128,7 +128,7 @@ async def update_user(
     session: AsyncSession,
     user_id: int,
     data: UserUpdate,
-    actor: User,
+    actor: Account,
     settings: Settings,
     if_match: str | None,
 ) -> User:
@@ -151,7 +151,7 @@ async def update_user(
     return user
 
 
-async def delete_user(session: AsyncSession, user_id: int, actor: User, if_match: str | None) -> None:
+async def delete_user(session: AsyncSession, user_id: int, actor: Account, if_match: str | None) -> None:
     user = await get_user(session, user_id, for_update=True)
     if not can_manage(actor, user):
         raise Forbidden("only the user themself or an admin may delete this user")
