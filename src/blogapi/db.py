@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from typing import Annotated, Any, TypeAlias
 
 from fastapi import Depends, Request
-from sqlalchemy import DateTime, Dialect, MetaData, Row, Select, String, event, make_url
+from sqlalchemy import DateTime, Dialect, Executable, MetaData, Row, Select, String, event, make_url
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.engine.default import DefaultExecutionContext
@@ -245,17 +246,19 @@ async def insert_missing(connection: AsyncConnection, entity: type[Base], rows: 
 
     Two requests may create the same row at once: the database keeps the first.
     """
-    if not rows:
-        return
-    dialect = connection.dialect.name
+    if rows:
+        await connection.execute(_insert_missing(connection.dialect.name, entity, next(iter(rows[0]))), rows)
+
+
+@cache
+def _insert_missing(dialect: str, entity: type[Base], first_column: str) -> Executable:
+    # Built once per entity: the values are bound at execution, one parameter set per row.
     if dialect == "postgresql":
-        await connection.execute(postgresql.insert(entity).values(rows).on_conflict_do_nothing())
-    elif dialect == "sqlite":
-        await connection.execute(sqlite.insert(entity).values(rows).on_conflict_do_nothing())
-    else:
-        statement = mysql.insert(entity).values(rows)
-        column = next(iter(rows[0]))  # a no-op update: MariaDB has no DO NOTHING
-        await connection.execute(statement.on_duplicate_key_update({column: statement.inserted[column]}))
+        return postgresql.insert(entity).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        return sqlite.insert(entity).on_conflict_do_nothing()
+    statement = mysql.insert(entity)  # a no-op update: MariaDB has no DO NOTHING
+    return statement.on_duplicate_key_update({first_column: statement.inserted[first_column]})
 
 
 def escape_like(value: str, escape: str) -> str:
