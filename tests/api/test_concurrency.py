@@ -15,6 +15,7 @@ from conftest import Account, Accounts, assert_problem
 from sqlalchemy import event, func, select, update
 from sqlalchemy.exc import OperationalError
 
+from blogapi.auth.security import hash_password
 from blogapi.db import Database, utcnow
 from blogapi.idempotency import IdempotencyRecord
 from blogapi.models import Post, User
@@ -499,6 +500,24 @@ async def test_a_retried_sign_up_with_the_same_key_replays_the_first_response(
     assert second.headers["etag"] == first.headers["etag"]
     assert second.headers["idempotent-replayed"] == "true"
     assert await count(database, User) == 1
+
+
+async def test_a_keyed_sign_up_holds_no_pooled_connection_while_it_hashes_the_password(
+    client: httpx.AsyncClient, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The key's claim opens the transaction; Argon2 inside it would hold a connection (on
+    # SQLite the write lock) for its whole run, and a burst of sign-ups would drain the pool.
+    checked_out_while_hashing = []
+
+    async def observed_hash_password(password: str, *, concurrency: int) -> str:
+        checked_out_while_hashing.append(database.engine.pool.checkedout())  # type: ignore[attr-defined]
+        return await hash_password(password, concurrency=concurrency)
+
+    monkeypatch.setattr("blogapi.users.service.hash_password", observed_hash_password)
+    payload = {"name": "Ann", "email": "ann@example.com", "password": "correct horse battery"}
+    response = await client.post(USERS, json=payload, headers={"Idempotency-Key": "signup-3"})
+    assert response.status_code == 201, response.text
+    assert checked_out_while_hashing == [0]
 
 
 async def test_a_sign_up_key_reused_with_another_email_is_422(
