@@ -261,13 +261,17 @@ def _insert_missing(dialect: str, entity: type[Base], first_column: str) -> Exec
     return statement.on_duplicate_key_update({first_column: statement.inserted[first_column]})
 
 
-def escape_like(value: str, escape: str) -> str:
-    """`value` for a LIKE pattern with `escape` as its ESCAPE character: `%` and `_` match themselves.
+LIKE_ESCAPE = "/"
+"""The ESCAPE character of LIKE patterns whose value is bound at execution (see escape_like)."""
+
+
+def escape_like(value: str) -> str:
+    """`value` for a LIKE pattern with ESCAPE `LIKE_ESCAPE`: `%` and `_` match themselves.
 
     What SQLAlchemy's `autoescape=True` does for a literal, for a value bound at execution.
     """
-    for special in (escape, "%", "_"):
-        value = value.replace(special, escape + special)
+    for special in (LIKE_ESCAPE, "%", "_"):
+        value = value.replace(special, LIKE_ESCAPE + special)
     return value
 
 

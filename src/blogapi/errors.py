@@ -220,12 +220,18 @@ def is_retryable_disconnect(exc: sa_exc.DBAPIError) -> bool:
     return exc.connection_invalidated and exc.statement is not None
 
 
-def _retry_later(request: Request, cause: str) -> JSONResponse:
+def _retry_later(
+    request: Request,
+    cause: str,
+    *,
+    what: str = "transient conflict",
+    detail: str = "the request conflicted with concurrent ones; retry shortly",
+) -> JSONResponse:
     # The retry middleware runs the request again while it may; this 503 is what the
     # client gets once it may not.
     request.state.retry_transaction = True
-    logger.warning("transient conflict on %s %s: %s", request.method, request.url.path, cause)
-    return _service_unavailable("the request conflicted with concurrent ones; retry shortly")
+    logger.warning("%s on %s %s: %s", what, request.method, request.url.path, cause)
+    return _service_unavailable(detail)
 
 
 async def _stale_data(request: Request, exc: Exception) -> JSONResponse:
@@ -240,14 +246,12 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
     if is_transient(exc):
         return _retry_later(request, exc.orig.__class__.__name__)
     if is_retryable_disconnect(exc):
-        request.state.retry_transaction = True  # the client gets this 503 once no attempt is left
-        logger.warning(
-            "database connection lost on %s %s: %s",
-            request.method,
-            request.url.path,
+        return _retry_later(
+            request,
             exc.orig.__class__.__name__,
+            what="database connection lost",
+            detail="the database is unavailable; retry shortly",
         )
-        return _service_unavailable("the database is unavailable; retry shortly")
     if str(getattr(exc.orig, "sqlstate", "") or "").startswith("22"):
         # A data exception asyncpg raises under its generic class (NUL in text: 22021).
         return await _data_error(request, exc)
