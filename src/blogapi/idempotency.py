@@ -19,13 +19,13 @@ from typing import Annotated
 from fastapi import Header
 from fastapi.responses import Response
 from pydantic import BaseModel
-from sqlalchemy import String, Text, UniqueConstraint, delete, select
+from sqlalchemy import String, Text, UniqueConstraint, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import Mapped, mapped_column
 
 from blogapi.config import Settings
-from blogapi.db import Base, UTCDateTime, binary_string, utcnow, violates
+from blogapi.db import AnyRow, Base, UTCDateTime, binary_string, utcnow, violates
 from blogapi.errors import Conflict, InvalidInput
 
 KEY_MAX = 255
@@ -67,10 +67,10 @@ class IdempotencyRecord(Base):
 
 @dataclass(frozen=True, slots=True)
 class IdempotentRequest:
-    """A request carrying a key: either a replay to return, or a record to complete."""
+    """A request carrying a key: either a replay to return, or the id of its claim to complete."""
 
     replay: Response | None
-    record: IdempotencyRecord | None
+    claim_id: int | None
 
 
 def fingerprint(secret: bytes, route: str, body: BaseModel) -> str:
@@ -79,7 +79,7 @@ def fingerprint(secret: bytes, route: str, body: BaseModel) -> str:
     return hmac.new(secret, canonical.encode(), hashlib.sha256).hexdigest()
 
 
-def _replay(record: IdempotencyRecord, digest: str) -> Response:
+def _replay(record: AnyRow, digest: str) -> Response:
     if not hmac.compare_digest(record.fingerprint, digest):
         raise InvalidInput("this Idempotency-Key was used with a different request body")
     if record.status_code is None or record.response_body is None:
@@ -94,48 +94,77 @@ def _replay(record: IdempotencyRecord, digest: str) -> Response:
     )
 
 
+# Core statements on the request's connection: a writing endpoint may run without a
+# session (POST /posts), and these rows are never needed as entities.
+_IN_SCOPE = (IdempotencyRecord.owner == bindparam("owner"), IdempotencyRecord.key == bindparam("key"))
+_DELETE_EXPIRED = delete(IdempotencyRecord).where(
+    *_IN_SCOPE, IdempotencyRecord.expires_at <= bindparam("now")
+)
+_SELECT = select(
+    IdempotencyRecord.fingerprint,
+    IdempotencyRecord.status_code,
+    IdempotencyRecord.response_body,
+    IdempotencyRecord.location,
+    IdempotencyRecord.etag,
+).where(*_IN_SCOPE)
+_CLAIM = insert(IdempotencyRecord).returning(IdempotencyRecord.id)
+_COMPLETE = update(IdempotencyRecord).where(IdempotencyRecord.id == bindparam("claim_id"))
+
+
 async def begin(
-    session: AsyncSession, settings: Settings, *, owner: str, key: str | None, route: str, body: BaseModel
+    connection: AsyncConnection,
+    settings: Settings,
+    *,
+    owner: str,
+    key: str | None,
+    route: str,
+    body: BaseModel,
 ) -> IdempotentRequest:
     """Claim `key` for this request, or find the response of the request that claimed it."""
     if key is None:
         return IdempotentRequest(None, None)
     digest = fingerprint(settings.secret_key.get_secret_value().encode(), route, body)
-    ttl = timedelta(hours=settings.idempotency_key_hours)
     now = utcnow()
-    scope = (IdempotencyRecord.owner == owner, IdempotencyRecord.key == key)
-    await session.execute(delete(IdempotencyRecord).where(*scope, IdempotencyRecord.expires_at <= now))
-    existing = await session.scalar(select(IdempotencyRecord).where(*scope))
+    scope = {"owner": owner, "key": key}
+    await connection.execute(_DELETE_EXPIRED, {**scope, "now": now})
+    existing = (await connection.execute(_SELECT, scope)).one_or_none()
     if existing is not None:
         return IdempotentRequest(_replay(existing, digest), None)
-    record = IdempotencyRecord(owner=owner, key=key, fingerprint=digest, expires_at=now + ttl)
+    claim = {
+        **scope,
+        "fingerprint": digest,
+        "expires_at": now + timedelta(hours=settings.idempotency_key_hours),
+    }
     try:
-        async with session.begin_nested():
-            session.add(record)
+        async with connection.begin_nested():
+            claim_id = (await connection.execute(_CLAIM, claim)).scalar_one()
     except IntegrityError as exc:
         if not violates(exc, "uq_idempotency_key_owner_key"):
             raise
         # Another request claimed the key and has committed by now: replay its response.
-        winner = await session.scalar(
-            select(IdempotencyRecord).where(*scope).execution_options(populate_existing=True)
-        )
+        winner = (await connection.execute(_SELECT, scope)).one_or_none()
         if winner is None:
             raise Conflict("a request with this Idempotency-Key is still in progress; retry shortly") from exc
         return IdempotentRequest(_replay(winner, digest), None)
-    return IdempotentRequest(None, record)
+    return IdempotentRequest(None, claim_id)
 
 
 async def complete(
-    session: AsyncSession, request: IdempotentRequest, body: BaseModel, location: str, etag: str
+    connection: AsyncConnection, request: IdempotentRequest, body: BaseModel, location: str, etag: str
 ) -> Response:
     """The 201 for a newly created resource, stored for replays when a key was sent."""
     content = body.model_dump_json()
-    if request.record is not None:
-        request.record.status_code = HTTPStatus.CREATED
-        request.record.response_body = content
-        request.record.location = location
-        request.record.etag = etag
-        await session.flush()
+    if request.claim_id is not None:
+        await connection.execute(
+            _COMPLETE,
+            {
+                "claim_id": request.claim_id,
+                "status_code": HTTPStatus.CREATED,
+                "response_body": content,
+                "location": location,
+                "etag": etag,
+            },
+        )
     return Response(
         content,
         status_code=HTTPStatus.CREATED,

@@ -4,6 +4,7 @@ from typing import Annotated
 
 from fastapi import Depends
 from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from blogapi.auth.security import TokenSubject, read_access_token
 from blogapi.config import Settings, SettingsDep
@@ -34,16 +35,25 @@ def _current(subject: TokenSubject, user: AnyRow | None) -> AnyRow:
     return user
 
 
+async def get_caller(token: Annotated[str, Depends(_required_token)], settings: SettingsDep) -> TokenSubject:
+    """The subject of a valid token: not yet looked up, so not yet known to be current."""
+    return _subject(token, settings)
+
+
+Caller = Annotated[TokenSubject, Depends(get_caller)]
+
+
+async def current_user(connection: AsyncConnection, caller: TokenSubject) -> AnyRow:
+    return _current(caller, await users_service.find_user(connection, caller.user_id))
+
+
 # The caller is a row of the user's columns. A writing request reads it in its own
-# session's transaction (a second connection would hold a second pooled connection); a
-# reading request on a connection of its own, closed before the endpoint opens one.
+# transaction (a second connection would hold a second pooled connection); a reading
+# request on a connection of its own, closed before the endpoint opens one.
 
 
-async def get_current_user(
-    token: Annotated[str, Depends(_required_token)], session: SessionDep, settings: SettingsDep
-) -> AnyRow:
-    subject = _subject(token, settings)
-    return _current(subject, await users_service.find_user(await session.connection(), subject.user_id))
+async def get_current_user(caller: Caller, session: SessionDep) -> AnyRow:
+    return await current_user(await session.connection(), caller)
 
 
 async def _viewer(token: str, database: Database, settings: Settings) -> AnyRow:

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response, status
 
 from blogapi import idempotency
-from blogapi.auth.dependencies import CurrentUser
+from blogapi.auth.dependencies import Caller, CurrentUser, current_user
 from blogapi.config import SettingsDep
 from blogapi.db import MAX_ID, DatabaseDep, SessionDep
 from blogapi.errors import error_responses
@@ -29,21 +29,31 @@ PostId = Annotated[int, Path(ge=1, le=MAX_ID)]
 )
 async def create_post(
     data: PostCreate,
-    session: SessionDep,
-    me: CurrentUser,
+    caller: Caller,
+    database: DatabaseDep,
     settings: SettingsDep,
     idempotency_key: idempotency.IdempotencyKeyHeader = None,
 ) -> Response:
     """Publish a post as the caller."""
-    claim = await idempotency.begin(
-        session, settings, owner=idempotency.owner_of(me.id), key=idempotency_key, route="posts", body=data
-    )
-    if claim.replay is not None:
-        return claim.replay
-    view = await service.create_post(session, me, data)
-    return await idempotency.complete(
-        session, claim, view.post, f"/api/v1/posts/{view.post.id}", etag(view.version)
-    )
+    # The most frequent write runs Core statements in a transaction it opens itself, which
+    # commits before the endpoint returns: a session (a yield dependency, a unit of work)
+    # would add about a fifth of its CPU for nothing it uses.
+    async with database.engine.begin() as connection:
+        me = await current_user(connection, caller)
+        claim = await idempotency.begin(
+            connection,
+            settings,
+            owner=idempotency.owner_of(me.id),
+            key=idempotency_key,
+            route="posts",
+            body=data,
+        )
+        if claim.replay is not None:
+            return claim.replay
+        view = await service.create_post(connection, me, data)
+        return await idempotency.complete(
+            connection, claim, view.post, f"/api/v1/posts/{view.post.id}", etag(view.version)
+        )
 
 
 @router.get("/posts", responses=error_responses(422))

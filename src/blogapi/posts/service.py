@@ -102,8 +102,7 @@ _LINK_TAGS = insert(post_tag).from_select(
 )
 
 
-async def create_post(session: AsyncSession, author: Account, data: PostCreate) -> PostView:
-    connection = await session.connection()
+async def create_post(connection: AsyncConnection, author: Account, data: PostCreate) -> PostView:
     now = utcnow()
     values = {
         "author_id": author.id,

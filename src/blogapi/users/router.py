@@ -62,13 +62,22 @@ async def create_user(
     # need, which is cheaper than every keyed sign-up holding a connection while hashing.
     password_hash = await service.password_hash_for(data, settings)
     claim = await idempotency.begin(
-        session, settings, owner=idempotency.owner_of(None), key=idempotency_key, route="users", body=data
+        await session.connection(),
+        settings,
+        owner=idempotency.owner_of(None),
+        key=idempotency_key,
+        route="users",
+        body=data,
     )
     if claim.replay is not None:
         return claim.replay
     user = await service.insert_user(session, data, password_hash)
     return await idempotency.complete(
-        session, claim, service.to_read(user, viewer=user), f"/api/v1/users/{user.id}", etag(user.version)
+        await session.connection(),
+        claim,
+        service.to_read(user, viewer=user),
+        f"/api/v1/users/{user.id}",
+        etag(user.version),
     )
 
 
