@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from blogapi.config import Settings
-from blogapi.db import READ_ONLY, Database, UTCDateTime, normalize_url
+from blogapi.db import READ_ONLY, Database, UTCDateTime, create_engine, normalize_url
 from blogapi.errors import is_retryable_disconnect
 from blogapi.posts.models import Post
 from blogapi.users.models import User
@@ -129,3 +131,69 @@ def test_a_connection_lost_during_a_statement_may_rerun_the_request_but_one_lost
     assert is_retryable_disconnect(during_statement)
     assert not is_retryable_disconnect(during_commit)
     assert not is_retryable_disconnect(not_a_disconnect)
+
+
+# --- the pool: fair to waiting checkouts ------------------------------------------------------
+
+
+def _small_pool(settings: Settings, size: int) -> AsyncEngine:
+    return create_engine(
+        settings.model_copy(update={"pool_size": size, "max_overflow": 0, "pool_timeout": 2})
+    )
+
+
+async def _warm(engine: AsyncEngine, size: int) -> None:
+    """Open every connection of the pool, so that checkouts afterwards only ever wait."""
+    connections = [await engine.connect() for _ in range(size)]
+    for connection in connections:
+        await connection.close()
+
+
+@pytest.mark.backends("postgresql", "mariadb")
+async def test_checkouts_that_wait_for_a_connection_get_one_in_the_order_they_asked(
+    settings: Settings,
+) -> None:
+    engine = _small_pool(settings, 2)
+    await _warm(engine, 2)
+    tickets = itertools.count()
+    served: list[int] = []
+
+    async def client() -> None:
+        for _ in range(10):
+            ticket = next(tickets)
+            async with engine.connect() as connection:
+                served.append(ticket)
+                await connection.execute(text("SELECT 1"))
+
+    try:
+        await asyncio.gather(*(client() for _ in range(12)))
+    finally:
+        await engine.dispose()
+    # SQLAlchemy's own asyncio queue lets a newcomer take a connection that was on its way
+    # to a waiter, which then queues again at the back: tickets come out of order.
+    assert len(served) == 120
+    assert served == sorted(served)
+
+
+@pytest.mark.backends("postgresql", "mariadb")
+@pytest.mark.parametrize("when", ["while waiting", "as the connection is handed over"])
+async def test_a_checkout_cancelled_while_it_waits_leaks_no_connection(settings: Settings, when: str) -> None:
+    engine = _small_pool(settings, 1)
+    try:
+        holder = await engine.connect()
+        waiter = asyncio.create_task(engine.connect().start())
+        await asyncio.sleep(0.05)  # the waiter is queued
+        if when == "while waiting":
+            waiter.cancel()
+            await asyncio.sleep(0)
+            await holder.close()
+        else:
+            await holder.close()  # hands the connection to the waiter, which has not run yet
+            waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        async with engine.connect() as connection:  # within pool_timeout: nothing leaked
+            assert await connection.scalar(text("SELECT 1")) == 1
+    finally:
+        await engine.dispose()
