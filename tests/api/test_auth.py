@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import warnings
@@ -14,6 +15,8 @@ import pytest
 from conftest import PASSWORD, Accounts
 from jwt.warnings import InsecureKeyLengthWarning
 
+from blogapi.auth import security
+from blogapi.auth.security import TokenSubject, create_access_token, read_access_token
 from blogapi.config import Settings
 
 TOKEN = "/api/v1/auth/token"
@@ -222,6 +225,40 @@ async def test_me_with_an_expired_token_is_401(
     response = await client.get(ME, headers=_bearer(token))
 
     _assert_unauthorized(response)
+
+
+async def test_a_token_that_expires_after_it_was_accepted_is_refused_from_then_on(
+    client: httpx.AsyncClient, accounts: Accounts, settings: Settings
+) -> None:
+    """Verified tokens are remembered (security.read_access_token), their expiry is not."""
+    account = await accounts.create()
+    now = datetime.now(UTC)
+    expires = now + timedelta(seconds=2)
+    token = _forge(settings, {"sub": str(account.id), "ver": 1, "iat": now, "exp": expires})
+
+    accepted = await client.get(ME, headers=_bearer(token))
+    await asyncio.sleep((expires - datetime.now(UTC)).total_seconds() + 0.2)
+    refused = await client.get(ME, headers=_bearer(token))
+
+    assert accepted.status_code == 200, accepted.text
+    _assert_unauthorized(refused)
+
+
+def test_a_token_verified_under_one_secret_is_not_accepted_under_another() -> None:
+    subject = TokenSubject(user_id=7, token_version=1)
+    token = create_access_token(subject, secret="s" * 32, lifetime=timedelta(minutes=5))
+
+    assert read_access_token(token, secret="s" * 32) == subject
+    assert read_access_token(token, secret="t" * 32) is None  # after it was remembered under "s"
+    assert read_access_token(token + "x", secret="s" * 32) is None
+
+
+def test_remembered_tokens_are_bounded() -> None:
+    secret = "b" * 32
+    for user_id in range(1, security.VERIFIED_TOKENS_MAX + 50):
+        token = create_access_token(TokenSubject(user_id, 1), secret=secret, lifetime=timedelta(minutes=5))
+        assert read_access_token(token, secret=secret) == TokenSubject(user_id, 1)
+    assert len(security._verified) <= security.VERIFIED_TOKENS_MAX
 
 
 async def test_a_forged_token_with_the_right_key_and_future_expiry_is_accepted(
