@@ -7,7 +7,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import Integer, Row, and_, bindparam, func, insert, or_, select
+from sqlalchemy import Executable, Integer, Row, and_, bindparam, func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import joinedload, selectinload
 
@@ -94,12 +94,20 @@ async def _tags_named(session: AsyncSession, names: Sequence[str]) -> list[Tag]:
 # new, the post (its id and version returned), and its tag links selected by name. The
 # unit of work would add a SELECT of the tags and most of a POST's CPU.
 _INSERT_POST = insert(Post).returning(Post.id, Post.version)
-_LINK_TAGS = insert(post_tag).from_select(
-    ["post_id", "tag_id"],
-    select(bindparam("post_id", type_=Integer), Tag.id).where(
-        Tag.name.in_(bindparam("names", expanding=True))
-    ),
-)
+
+
+@cache
+def _link_tags(count: int) -> Executable:
+    """The links of a new post to its `count` tags (at most TAGS_PER_POST_MAX statements).
+
+    One bound parameter per name rather than an expanding IN: SQLAlchemy renders an
+    expanding parameter into the SQL string at every execution (measured: ~10% of the
+    POST's transaction).
+    """
+    names = [bindparam(f"name_{number}", type_=Tag.name.type) for number in range(count)]
+    return insert(post_tag).from_select(
+        ["post_id", "tag_id"], select(bindparam("post_id", type_=Integer), Tag.id).where(Tag.name.in_(names))
+    )
 
 
 async def create_post(connection: AsyncConnection, author: Account, data: PostCreate) -> PostView:
@@ -114,7 +122,8 @@ async def create_post(connection: AsyncConnection, author: Account, data: PostCr
     post_id, version = (await connection.execute(_INSERT_POST, values)).one()
     if data.tags:  # distinct and sorted by the schema
         await insert_missing(connection, Tag, [{"name": name} for name in data.tags])
-        await connection.execute(_LINK_TAGS, {"post_id": post_id, "names": data.tags})
+        names = {f"name_{number}": name for number, name in enumerate(data.tags)}
+        await connection.execute(_link_tags(len(data.tags)), {"post_id": post_id, **names})
     post = PostRead(
         id=post_id,
         title=data.title,
