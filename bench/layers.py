@@ -28,8 +28,8 @@ POST /api/v1/posts (two tags)
 Each line is the process's CPU time per request (user + system), over `--requests`
 requests issued by 16 concurrent tasks, after a warm-up; the database's own CPU is not in
 it. The ASGI server (uvicorn: HTTP parsing, sockets) comes on top of the FastAPI and
-blogapi lines. The POST lines write posts to the benchmark database (`make bench` seeds
-it again when its row counts differ).
+blogapi lines. The POST lines add posts to the benchmark database; `make bench` deletes
+every post beyond the seeded ones before it runs.
 
     BENCH_POSTGRES_URL=postgresql+asyncpg://root@127.0.0.1:5432/blogapi_bench \
         .venv/bin/python bench/layers.py
