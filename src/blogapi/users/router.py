@@ -58,11 +58,12 @@ async def create_user(
     settings: SettingsDep,
     idempotency_key: idempotency.IdempotencyKeyHeader = None,
 ) -> Response:
-    # Hashed first: the claim opens the transaction. A replay then costs a hash it did not
+    # Hashed first: the connection opens the transaction. A replay then costs a hash it did not
     # need, which is cheaper than every keyed sign-up holding a connection while hashing.
     password_hash = await service.password_hash_for(data, settings)
+    connection = await session.connection()
     claim = await idempotency.begin(
-        await session.connection(),
+        connection,
         settings,
         owner=idempotency.owner_of(None),
         key=idempotency_key,
@@ -73,7 +74,7 @@ async def create_user(
         return claim.replay
     user = await service.insert_user(session, data, password_hash)
     return await idempotency.complete(
-        await session.connection(),
+        connection,
         claim,
         service.to_read(user, viewer=user),
         f"/api/v1/users/{user.id}",
