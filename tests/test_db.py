@@ -128,9 +128,19 @@ def test_a_connection_lost_during_a_statement_may_rerun_the_request_but_one_lost
     during_statement = DBAPIError("SELECT 1", {}, lost, connection_invalidated=True)
     during_commit = DBAPIError(None, None, lost, connection_invalidated=True)
     not_a_disconnect = DBAPIError("SELECT 1", {}, ValueError("bad value"))
-    assert is_retryable_disconnect(during_statement)
-    assert not is_retryable_disconnect(during_commit)
-    assert not is_retryable_disconnect(not_a_disconnect)
+    assert is_retryable_disconnect(during_statement, "POST")
+    assert not is_retryable_disconnect(during_commit, "POST")
+    assert not is_retryable_disconnect(not_a_disconnect, "POST")
+
+
+def test_a_read_reruns_whatever_step_lost_its_connection_as_it_stores_nothing() -> None:
+    lost = ConnectionResetError("connection is closed")
+    during_rollback = DBAPIError(None, None, lost, connection_invalidated=True)
+    not_a_disconnect = DBAPIError("SELECT 1", {}, ValueError("bad value"))
+    assert is_retryable_disconnect(during_rollback, "GET")
+    assert is_retryable_disconnect(during_rollback, "HEAD")
+    assert not is_retryable_disconnect(during_rollback, "DELETE")
+    assert not is_retryable_disconnect(not_a_disconnect, "GET")
 
 
 # --- the pool: fair to waiting checkouts ------------------------------------------------------

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 RETRY_AFTER_SECONDS = "1"
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))  # RFC 9110 9.2.1: they change nothing
 
 
 class FieldError(BaseModel):
@@ -208,16 +209,18 @@ def is_transient(exc: sa_exc.DBAPIError) -> bool:
     return "database is locked" in str(error)  # SQLite past its busy timeout
 
 
-def is_retryable_disconnect(exc: sa_exc.DBAPIError) -> bool:
-    """The connection was lost while a statement ran, not while a transaction committed.
+def is_retryable_disconnect(exc: sa_exc.DBAPIError, method: str) -> bool:
+    """The connection was lost where running the whole request again cannot store anything twice.
 
     Either way the pool has dropped it and every connection as old. Before COMMIT nothing
     of the transaction is stored (reads are autocommit and change nothing), so the whole
     request may run again: this is how a pooled connection that died while idle (a
     database restart, an idle timeout) is replaced without failing anyone's request. A
-    failed COMMIT has no statement; its outcome is unknown, and only the client may retry.
+    failed COMMIT has no statement; its outcome is unknown, and only the client may retry,
+    unless the request is a read: a safe method stores nothing, so it runs again whatever
+    was lost (on MariaDB a KILL often lands on the ROLLBACK that ends a read's transaction).
     """
-    return exc.connection_invalidated and exc.statement is not None
+    return exc.connection_invalidated and (exc.statement is not None or method in SAFE_METHODS)
 
 
 def _retry_later(
@@ -245,7 +248,7 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
     assert isinstance(exc, sa_exc.DBAPIError)
     if is_transient(exc):
         return _retry_later(request, exc.orig.__class__.__name__)
-    if is_retryable_disconnect(exc):
+    if is_retryable_disconnect(exc, request.method):
         return _retry_later(
             request,
             exc.orig.__class__.__name__,

@@ -388,11 +388,13 @@ class LoadResult:
     """Every 5xx but a 503 with Retry-After, every other unexpected status, hang and exception."""
     unavailable: list[float] = field(default_factory=list)
     """When (seconds since the load began) each 503 was answered."""
+    unavailable_by_method: Counter[str] = field(default_factory=Counter)
 
     def check_response(self, response: httpx.Response, elapsed: float, expected: Iterable[int]) -> None:
         self.statuses[response.status_code] += 1
         if response.status_code == 503:
             self.unavailable.append(elapsed)
+            self.unavailable_by_method[response.request.method] += 1
             if "retry-after" not in response.headers:
                 self.failures.append(f"503 without Retry-After: {response.text}")
         elif response.status_code not in expected:

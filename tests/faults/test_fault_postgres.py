@@ -163,6 +163,7 @@ async def test_connections_killed_under_load_fail_at_most_the_requests_in_flight
     # COMMIT is not run again); a connection killed while idle in the pool fails no request:
     # the request that finds it dead runs again on a new one.
     assert len(result.unavailable) <= len(writers), dict(result.statuses)
+    assert result.unavailable_by_method["GET"] == 0, dict(result.unavailable_by_method)  # reads rerun
     assert_whole_and_stored(result.acknowledged | set(after), await tag_counts(postgres_url))
 
 
