@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import unicodedata
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
@@ -60,8 +61,8 @@ SQL_USER_EXISTS = 'SELECT 1 FROM "user" WHERE id = $1'
 SQL_INSERT_TAGS = "INSERT INTO tag (name) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING"
 SQL_INSERT_POST = """
 WITH new_post AS (
-    INSERT INTO post (author_id, title, body, created_at, updated_at)
-    VALUES ($1, $2, $3, $4, $4) RETURNING id, author_id
+    INSERT INTO post (author_id, title, body, created_at, updated_at, title_folded)
+    VALUES ($1, $2, $3, $4, $4, $6) RETURNING id, author_id
 ), links AS (
     INSERT INTO post_tag (post_id, tag_id)
     SELECT new_post.id, tag.id FROM new_post, tag WHERE tag.name = ANY($5::text[])
@@ -218,7 +219,9 @@ class App:
             if tags:
                 await connection.execute(SQL_INSERT_TAGS, tags)
             try:
-                row = await connection.fetchrow(SQL_INSERT_POST, author_id, title, text, now, tags)
+                # blogapi's search copy of the title (db.fold_for_search), so that raw does its work too
+                folded = unicodedata.normalize("NFC", unicodedata.normalize("NFD", title).casefold())
+                row = await connection.fetchrow(SQL_INSERT_POST, author_id, title, text, now, tags, folded)
             except asyncpg.ForeignKeyViolationError as exc:
                 raise HTTPError(422, f"user {author_id} not found") from exc
         assert row is not None

@@ -8,8 +8,9 @@ policy are a change to this module alone.
 from __future__ import annotations
 
 import asyncio
+import unicodedata
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -353,6 +354,32 @@ def escape_like(value: str) -> str:
     for special in (LIKE_ESCAPE, "%", "_"):
         value = value.replace(special, LIKE_ESCAPE + special)
     return value
+
+
+def fold_for_search(text: str) -> str:
+    """The one form in which names and titles are searched, the same on every backend.
+
+    Case-insensitive by Unicode's full case folding ('ÉCOLE' finds 'école', 'STRASSE' finds
+    'straße'), accent-sensitive ('ecole' does not find 'école'), and blind to how a character
+    was composed (NFD 'é' is NFC 'é'). The database only compares bytes: its own `lower()`
+    is ASCII-only on SQLite, locale-bound on PostgreSQL, and MariaDB's collations ignore
+    accents, so the folding is done here, once, when a row is written and when a query is read.
+    """
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFD", text).casefold())
+
+
+FOLD_GROWTH = 3
+"""Case folding makes a string at most this many times longer ('ΐ' is three code points)."""
+
+
+def folded_copy_of(column: str) -> Callable[[DefaultExecutionContext], str]:
+    """A column default: `fold_for_search` of the row's `column`, for Core inserts too."""
+
+    def default(context: DefaultExecutionContext) -> str:
+        parameters: dict[str, Any] = context.get_current_parameters()  # type: ignore[no-untyped-call]
+        return fold_for_search(parameters[column])
+
+    return default
 
 
 def violates(error: IntegrityError, constraint_name: str) -> bool:

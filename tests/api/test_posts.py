@@ -625,6 +625,44 @@ async def test_posts_can_be_searched_by_title_case_insensitively(
     assert await list_titles(client, q="SqL") == ["Why I like sql", "Learning SQLAlchemy"]
 
 
+# One rule on every backend: case-insensitive by Unicode case folding, accent-sensitive,
+# blind to composition. SQLite's lower() is ASCII-only; MariaDB's collation ignores accents.
+SEARCH_TITLES = ("école", "ecole", "Straße", "ΣΟΦΙΑ", "cafe\u0301 noir")
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    [
+        ("ÉCOLE", ["école"]),
+        ("école", ["école"]),
+        ("ecole", ["ecole"]),
+        ("STRASSE", ["Straße"]),
+        ("straße", ["Straße"]),
+        ("σοφια", ["ΣΟΦΙΑ"]),
+        ("CAFÉ", ["cafe\u0301 noir"]),  # NFC query, NFD title
+        ("cafe", []),
+    ],
+)
+async def test_title_search_folds_case_in_any_script_but_not_accents_on_every_backend(
+    client: httpx.AsyncClient, accounts: Accounts, q: str, expected: list[str]
+) -> None:
+    ann = await accounts.create()
+    for title in SEARCH_TITLES:
+        await create_post(client, ann, title=title)
+    assert await list_titles(client, q=q) == expected
+
+
+async def test_a_changed_title_is_searched_by_its_new_text(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    ann = await accounts.create()
+    post = await create_post(client, ann, title="Old news")
+    response = await client.patch(f"{API}/posts/{post['id']}", json={"title": "ÉTÉ"}, headers=ann.headers)
+    assert response.status_code == 200, response.text
+    assert await list_titles(client, q="été") == ["ÉTÉ"]
+    assert await list_titles(client, q="old") == []
+
+
 @pytest.mark.parametrize(
     ("q", "expected"),
     [("%", ["100% real"]), ("_", ["snake_case"]), ("0%", ["100% real"]), ("e_c", ["snake_case"])],

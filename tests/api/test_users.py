@@ -697,6 +697,31 @@ async def test_list_users_filters_names_case_insensitively(
     assert [item["id"] for item in response.json()["items"]] == [alice.id, malice.id]
 
 
+async def test_the_name_filter_folds_case_in_any_script_but_not_accents_on_every_backend(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    zoe = await accounts.create("Zoë")
+    await accounts.create("Zoe")
+    oskar = await accounts.create("ÖSKAR")
+
+    async def ids(q: str) -> list[int]:
+        response = await client.get(USERS, params={"q": q})
+        assert response.status_code == 200, response.text
+        return [item["id"] for item in response.json()["items"]]
+
+    assert await ids("ZOË") == [zoe.id]
+    assert await ids("öskar") == [oskar.id]
+    assert await ids("oskar") == []
+
+
+async def test_a_renamed_user_is_found_by_the_new_name(client: httpx.AsyncClient, accounts: Accounts) -> None:
+    ann = await accounts.create("Ann")
+    response = await client.patch(f"{USERS}/{ann.id}", json={"name": "Ännchen"}, headers=ann.headers)
+    assert response.status_code == 200, response.text
+    found = await client.get(USERS, params={"q": "ÄNN"})
+    assert [item["id"] for item in found.json()["items"]] == [ann.id]
+
+
 @pytest.mark.parametrize(("q", "expected"), [("%", "100% Real"), ("_", "snake_case"), ("\\", "back\\slash")])
 async def test_list_users_treats_like_wildcards_in_the_filter_literally(
     client: httpx.AsyncClient, accounts: Accounts, q: str, expected: str

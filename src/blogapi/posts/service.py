@@ -11,7 +11,15 @@ from sqlalchemy import Executable, Integer, Row, and_, bindparam, func, insert, 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import joinedload, selectinload
 
-from blogapi.db import LIKE_ESCAPE, AnySelect, UTCDateTime, escape_like, insert_missing, utcnow
+from blogapi.db import (
+    LIKE_ESCAPE,
+    AnySelect,
+    UTCDateTime,
+    escape_like,
+    fold_for_search,
+    insert_missing,
+    utcnow,
+)
 from blogapi.errors import Forbidden, NotFound
 from blogapi.pagination import Page, PageParams
 from blogapi.posts.models import Post, Tag, post_tag
@@ -194,7 +202,7 @@ def _posts_query(*, by_author: bool, by_tag: bool, by_title: bool, after: bool) 
     if by_tag:
         query = query.where(Post.tags.any(Tag.name == bindparam("tag")))
     if by_title:
-        query = query.where(Post.title.icontains(bindparam("title"), escape=LIKE_ESCAPE))
+        query = query.where(Post.title_folded.contains(bindparam("title"), escape=LIKE_ESCAPE))
     if after:  # newest first: the page continues with older posts, ties broken by id
         created_at = bindparam("after_created_at", type_=UTCDateTime)
         post_id = bindparam("after_id", type_=Integer)
@@ -225,7 +233,7 @@ async def list_posts(
     if tag is not None:
         values["tag"] = tag.lower()
     if title_contains:
-        values["title"] = escape_like(title_contains)
+        values["title"] = escape_like(fold_for_search(title_contains))
     if position is not None:
         values["after_created_at"], values["after_id"] = position
     rows = list(await connection.execute(query, values))

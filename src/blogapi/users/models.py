@@ -4,9 +4,18 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Boolean, String, text
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 
-from blogapi.db import Base, UTCDateTime, binary_string, created_at_or_now, utcnow
+from blogapi.db import (
+    FOLD_GROWTH,
+    Base,
+    UTCDateTime,
+    binary_string,
+    created_at_or_now,
+    fold_for_search,
+    folded_copy_of,
+    utcnow,
+)
 
 if TYPE_CHECKING:
     from blogapi.posts.models import Post
@@ -24,6 +33,10 @@ class User(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(NAME_MAX))
+    name_folded: Mapped[str] = mapped_column(
+        binary_string(FOLD_GROWTH * NAME_MAX), default=folded_copy_of("name")
+    )
+    """The name as `?q=` searches it (db.fold_for_search): kept by the ORM and by Core inserts."""
     # Stored lower-cased, compared byte for byte: josé@ and jose@ are two accounts everywhere.
     email: Mapped[str] = mapped_column(binary_string(EMAIL_MAX), unique=True)
     password_hash: Mapped[str] = mapped_column(String(PASSWORD_HASH_MAX))
@@ -38,3 +51,8 @@ class User(Base):
     __mapper_args__ = {"version_id_col": version}  # noqa: RUF012  (read once, by the mapper)
 
     posts: Mapped[list[Post]] = relationship(back_populates="author", lazy="raise", passive_deletes=True)
+
+    @validates("name")
+    def _fold_name(self, _key: str, name: str) -> str:
+        self.name_folded = fold_for_search(name)
+        return name

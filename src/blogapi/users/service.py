@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from blogapi.auth.security import hash_password
 from blogapi.config import Settings
-from blogapi.db import LIKE_ESCAPE, AnyRow, AnySelect, escape_like, violates
+from blogapi.db import LIKE_ESCAPE, AnyRow, AnySelect, escape_like, fold_for_search, violates
 from blogapi.errors import Conflict, Forbidden, NotFound
 from blogapi.pagination import Page, PageParams
 from blogapi.preconditions import require_match
@@ -116,7 +116,7 @@ async def get_user(session: AsyncSession, user_id: int, *, for_update: bool = Fa
 def _users_query(*, by_name: bool, after: bool) -> AnySelect:
     query = _USER_COLUMNS
     if by_name:
-        query = query.where(User.name.icontains(bindparam("name"), escape=LIKE_ESCAPE))
+        query = query.where(User.name_folded.contains(bindparam("name"), escape=LIKE_ESCAPE))
     if after:
         query = query.where(User.id > bindparam("after_id", type_=Integer))
     return query.order_by(User.id).limit(bindparam("limit"))
@@ -128,7 +128,7 @@ async def list_users(
     position = params.position("users", int)
     values: dict[str, Any] = {"limit": params.limit + 1}
     if name_contains:
-        values["name"] = escape_like(name_contains)
+        values["name"] = escape_like(fold_for_search(name_contains))
     if position is not None:
         (values["after_id"],) = position
     query = _users_query(by_name=bool(name_contains), after=position is not None)
