@@ -12,13 +12,13 @@ import httpx
 import pytest
 from alembic import command
 from asgi_lifespan import LifespanManager
-from conftest import assert_problem, upgrade
+from conftest import TEST_SECRET, assert_problem, upgrade
 from fastapi import FastAPI, Request
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import make_url, text
 
 from blogapi.cli import alembic_config
-from blogapi.config import Settings
+from blogapi.config import Environment, Settings
 from blogapi.db import get_database
 from blogapi.errors import database_cause
 from blogapi.health import head_revision
@@ -134,11 +134,12 @@ class _Request:
         self.app = type("App", (), {"state": type("State", (), {"settings": settings})()})()
 
 
-def test_the_cause_masks_parameters_the_password_and_the_secret_key_the_driver_repeats(
-    settings: Settings,
-) -> None:
-    with_password = settings.model_copy(
-        update={"database_url": f"postgresql+asyncpg://blogapi:{PASSWORD_IN_URL}@db.example/blogapi"}
+def test_the_cause_masks_parameters_the_password_and_the_secret_key_the_driver_repeats() -> None:
+    with_password = Settings(
+        database_url=f"postgresql+asyncpg://blogapi:{PASSWORD_IN_URL}@db.example/blogapi",
+        secret_key=TEST_SECRET,
+        environment=Environment.TEST,
+        _env_file=None,
     )
     secret = with_password.secret_key.get_secret_value()
     said = f"invalid input for $1: '{PARAMETER}'; login {PASSWORD_IN_URL}; {secret}; id 7"
