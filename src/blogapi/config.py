@@ -40,12 +40,13 @@ class Settings(BaseSettings):
         env_file=".env", env_file_encoding="utf-8", extra="ignore", hide_input_in_errors=True
     )
 
+    # Where the default SQLite database and the development key live.
     data_dir: Path = Field(
         default_factory=lambda: Path(platformdirs.user_data_dir("blogapi", appauthor=False))
     )
     database_url: str = "sqlite+aiosqlite:///blogapi.db"  # relative: inside data_dir
-    # Empty: the install's own key, from secret_key_file (created on first use), outside
-    # production and test, which must be given one.
+    # Unset (empty) in development: the install's own random key, kept in secret_key_file
+    # and made on first use. Production and test must be given one.
     secret_key: SecretStr = SecretStr("")
     secret_key_file: Path = Path("secret_key")  # relative: inside data_dir
     environment: Environment = Environment.DEVELOPMENT
