@@ -119,6 +119,18 @@ def upgrade(url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(url), revision)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def test_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """DATA_DIR for the whole run (the commands tests run included): never the user's own.
+
+    Settings built without a DATA_DIR of their own keep their key and database here.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        data_dir = tmp_path_factory.mktemp("data")
+        patch.setenv("DATA_DIR", str(data_dir))
+        yield data_dir
+
+
 @pytest.fixture(scope="session", params=BACKENDS)
 async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A migrated, empty database on one backend, for the whole session."""

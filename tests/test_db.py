@@ -105,7 +105,7 @@ def test_mariadb_urls_get_utf8mb4_unless_a_charset_is_given() -> None:
         ("postgresql://u@h/db", "postgresql+asyncpg://u@h/db"),
         ("postgresql+asyncpg://u@h/db", "postgresql+asyncpg://u@h/db"),
         ("mysql://u@h/db", "mysql+aiomysql://u@h/db"),
-        ("sqlite:///./x.db", "sqlite+aiosqlite:///./x.db"),
+        ("sqlite:////srv/blogapi/x.db", "sqlite+aiosqlite:////srv/blogapi/x.db"),
     ],
 )
 def test_plain_database_urls_are_given_the_async_driver(given: str, expected: str) -> None:

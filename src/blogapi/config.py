@@ -1,17 +1,30 @@
-"""Settings, read from the environment or a `.env` file."""
+"""Settings, read from the environment or a `.env` file.
+
+Relative paths are resolved here and nowhere else: a relative SQLite path in
+`DATABASE_URL` and a relative `SECRET_KEY_FILE` are taken inside `DATA_DIR`, never in the
+current folder, so every command of an install finds the same database and key.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import secrets
+import stat
+import tempfile
 from enum import StrEnum
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Self
 
+import platformdirs
 from fastapi import Depends, Request
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy import make_url
 
-DEFAULT_SECRET_KEY = "dev-secret-key-change-me-dev-secret-key"  # noqa: S105  (refused in production)
+logger = logging.getLogger(__name__)
+
 MIN_SECRET_KEY_LENGTH = 32
 
 
@@ -22,10 +35,20 @@ class Environment(StrEnum):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # A rejected value is never echoed in the error: it may be (part of) the secret key.
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", hide_input_in_errors=True
+    )
 
-    database_url: str = "sqlite+aiosqlite:///./blogapi.db"
-    secret_key: SecretStr = SecretStr(DEFAULT_SECRET_KEY)
+    # Where the default SQLite database and the development key live.
+    data_dir: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_data_dir("blogapi", appauthor=False))
+    )
+    database_url: str = "sqlite+aiosqlite:///blogapi.db"  # relative: inside data_dir
+    # Unset (empty) in development: the install's own random key, kept in secret_key_file
+    # and made on first use. Production and test must be given one.
+    secret_key: SecretStr = SecretStr("")
+    secret_key_file: Path = Path("secret_key")  # relative: inside data_dir
     environment: Environment = Environment.DEVELOPMENT
     access_token_minutes: int = Field(default=60, ge=1, le=60 * 24 * 30)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
@@ -65,15 +88,99 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def refuse_weak_secret_in_production(self) -> Self:
-        if self.environment is Environment.PRODUCTION:
-            secret = self.secret_key.get_secret_value()
-            if secret == DEFAULT_SECRET_KEY or len(secret) < MIN_SECRET_KEY_LENGTH:
-                raise ValueError(
-                    f"SECRET_KEY must be set to a random value of at least {MIN_SECRET_KEY_LENGTH}"
-                    " characters when ENVIRONMENT=production"
-                )
+    def resolve_paths_and_secret_key(self) -> Self:
+        self.data_dir = self.data_dir.expanduser()
+        if not self.data_dir.is_absolute():
+            raise ValueError(f"DATA_DIR must be an absolute path, not {str(self.data_dir)!r}")
+        self.database_url = resolve_sqlite_path(self.database_url, self.data_dir)
+        self.secret_key_file = self.data_dir / self.secret_key_file.expanduser()
+        secret = self.secret_key.get_secret_value()
+        if self.environment is Environment.PRODUCTION and len(secret) < MIN_SECRET_KEY_LENGTH:
+            raise ValueError(
+                f"SECRET_KEY must be set to a random value of at least {MIN_SECRET_KEY_LENGTH}"
+                " characters when ENVIRONMENT=production; make one with"
+                " `python3 -c 'import secrets; print(secrets.token_urlsafe(48))'`"
+            )
+        if self.environment is Environment.TEST and not secret:
+            raise ValueError("SECRET_KEY must be set when ENVIRONMENT=test")
+        if not secret:
+            self.secret_key = SecretStr(load_or_create_secret_key(self.secret_key_file))
         return self
+
+
+def resolve_sqlite_path(database_url: str, data_dir: Path) -> str:
+    """A SQLite URL whose file path is relative, made absolute inside `data_dir`.
+
+    In-memory databases (`sqlite://`, `:memory:`) and `file:` URIs are left as they are.
+    """
+    if not database_url.startswith("sqlite"):
+        return database_url
+    url = make_url(database_url)
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return database_url
+    if Path(database).is_absolute():
+        return database_url
+    return url.set(database=str(data_dir / database)).render_as_string(hide_password=False)
+
+
+def load_or_create_secret_key(path: Path) -> str:
+    """The key in `path`; if there is none yet, a new random one, stored there owner-only.
+
+    Every process of an install calls this (the workers of `blogapi serve --workers N`
+    each build their settings), so creating the file is race-free: the key is written to
+    a private temporary file that is then hard-linked into place, which fails if another
+    process got there first; that one's key is then read and used.
+    """
+    try:
+        return _read_secret_key(path)
+    except FileNotFoundError:
+        pass
+    key = secrets.token_urlsafe(48)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # mkstemp creates the file readable and writable by its owner only (0600).
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+                file.write(f"{key}\n")
+                file.flush()
+                os.fsync(file.fileno())
+            os.link(temporary, path)
+        finally:
+            os.unlink(temporary)
+    except FileExistsError:
+        return _read_secret_key(path)
+    except OSError as exc:
+        raise ValueError(f"cannot create the secret key file {path}: {exc.strerror}") from None
+    logger.warning(
+        "SECRET_KEY is not set: created a random key in %s, which signs this install's tokens"
+        " from now on (keep it private; set SECRET_KEY and ENVIRONMENT=production to deploy)",
+        path,
+    )
+    return key
+
+
+def _read_secret_key(path: Path) -> str:
+    try:
+        with path.open(encoding="utf-8") as file:
+            mode = os.fstat(file.fileno()).st_mode
+            key = file.read().strip()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ValueError(f"cannot read the secret key file {path}: {exc.strerror}") from None
+    if os.name == "posix" and stat.S_IMODE(mode) & 0o077:
+        raise ValueError(
+            f"the secret key file {path} is readable by other users: `chmod 600 {path}`,"
+            " and replace the key if anyone may have read it"
+        )
+    if len(key) < MIN_SECRET_KEY_LENGTH:
+        raise ValueError(
+            f"the secret key file {path} holds fewer than {MIN_SECRET_KEY_LENGTH} characters:"
+            " delete it and a new key is made"
+        )
+    return key
 
 
 @lru_cache

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
+from pathlib import Path
 from typing import Annotated, Any, TypeAlias
 
 from fastapi import Depends, Request
@@ -205,6 +206,9 @@ def create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
     options: dict[str, Any] = {}
     if backend == "sqlite":
         options["connect_args"] = {"timeout": 10}
+        if url.database and Path(url.database).is_relative_to(settings.data_dir):
+            # SQLite creates its file but not the folder: on a fresh install, data_dir.
+            Path(url.database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not pooled:
         options["poolclass"] = NullPool
     elif backend != "sqlite":  # SQLite keeps SQLAlchemy's choice (a static pool for :memory:)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from http import HTTPStatus
 from typing import Any, ClassVar
 
@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import make_url
 from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
@@ -193,8 +194,41 @@ async def _data_error(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(HTTPStatus.UNPROCESSABLE_ENTITY, "a value is out of range for storage")
 
 
+def database_cause(request: Request, exc: BaseException) -> str:
+    """What the database or its driver said, for the log: its class and message.
+
+    The driver's own error, not SQLAlchemy's wrapper (which appends the statement and its
+    parameters), with the database password, the secret key and the statement's text
+    parameters masked wherever the message repeats them.
+    """
+    error = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None else exc
+    message = " ".join(str(error).split())[:500]
+    settings = getattr(request.app.state, "settings", None)
+    hidden = set(_parameter_texts(exc.params if isinstance(exc, sa_exc.StatementError) else None))
+    if settings is not None:
+        hidden |= {settings.secret_key.get_secret_value(), make_url(settings.database_url).password or ""}
+    for text in sorted(hidden, key=len, reverse=True):
+        if len(text) >= 4:  # shorter ones would mask words of the message, and hide little
+            message = message.replace(text, "***")
+    return f"{error.__class__.__name__}: {message}" if message else error.__class__.__name__
+
+
+def _parameter_texts(parameters: object) -> Iterator[str]:
+    if isinstance(parameters, Mapping):
+        parameters = list(parameters.values())
+    if isinstance(parameters, list | tuple):
+        for parameter in parameters:
+            yield from _parameter_texts(parameter)
+    elif isinstance(parameters, str):
+        yield parameters
+    elif isinstance(parameters, bytes):
+        yield parameters.decode(errors="replace")
+
+
 async def _pool_timeout(request: Request, exc: Exception) -> JSONResponse:
-    logger.error("database pool exhausted on %s %s", request.method, request.url.path)
+    logger.error(
+        "database pool exhausted on %s %s: %s", request.method, request.url.path, database_cause(request, exc)
+    )
     return _service_unavailable("the service is busy; retry shortly")
 
 
@@ -241,17 +275,17 @@ async def _stale_data(request: Request, exc: Exception) -> JSONResponse:
     # A concurrent request changed the row between our read and our write.
     if "if-match" in request.headers:
         return problem_response(HTTPStatus.PRECONDITION_FAILED, "the resource has changed; GET it again")
-    return _retry_later(request, "stale version")
+    return _retry_later(request, f"stale version: {database_cause(request, exc)}")
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, sa_exc.DBAPIError)
     if is_transient(exc):
-        return _retry_later(request, exc.orig.__class__.__name__)
+        return _retry_later(request, database_cause(request, exc))
     if is_retryable_disconnect(exc, request.method):
         return _retry_later(
             request,
-            exc.orig.__class__.__name__,
+            database_cause(request, exc),
             what="database connection lost",
             detail="the database is unavailable; retry shortly",
         )
@@ -269,7 +303,7 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
     ):
         return await _unexpected_error(request, exc)
     logger.error(
-        "database unavailable on %s %s: %s", request.method, request.url.path, exc.orig.__class__.__name__
+        "database unavailable on %s %s: %s", request.method, request.url.path, database_cause(request, exc)
     )
     return _service_unavailable("the database is unavailable; retry shortly")
 
@@ -278,7 +312,12 @@ async def _connection_error(request: Request, exc: Exception) -> JSONResponse:
     # Some drivers (asyncpg when connecting) raise the socket's error unwrapped.
     if not isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
         return await _unexpected_error(request, exc)
-    logger.error("database connection failed on %s %s: %r", request.method, request.url.path, exc)
+    logger.error(
+        "database connection failed on %s %s: %s",
+        request.method,
+        request.url.path,
+        database_cause(request, exc),
+    )
     return _service_unavailable("the database is unavailable; retry shortly")
 
 

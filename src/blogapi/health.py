@@ -1,17 +1,41 @@
 from __future__ import annotations
 
+import logging
+from functools import cache
+
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
-from sqlalchemy import text
+from sqlalchemy import Connection
 
 from blogapi.db import get_database
-from blogapi.errors import ServiceUnavailable, error_responses
+from blogapi.errors import ServiceUnavailable, database_cause, error_responses
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/health", tags=["health"])
+
+UPGRADE_HINT = "run `blogapi db upgrade`"
 
 
 class Health(BaseModel):
     status: str
+
+
+@cache
+def head_revision() -> str:
+    """The head of the migrations shipped with this version of blogapi (read once)."""
+    config = Config()
+    config.set_main_option("script_location", "blogapi:migrations")
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None, "the shipped migrations have one head"
+    return head
+
+
+def _schema_revisions(connection: Connection) -> tuple[str, ...]:
+    return MigrationContext.configure(connection).get_current_heads()
 
 
 @router.get("/live")
@@ -22,10 +46,19 @@ async def live() -> Health:
 
 @router.get("/ready", responses=error_responses(503))
 async def ready(request: Request) -> Health:
-    """The database answers a query."""
+    """The database answers, and its schema is the one this version of blogapi needs."""
+    head = head_revision()
     try:
         async with get_database(request).engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
+            revisions = await connection.run_sync(_schema_revisions)
     except Exception as exc:
+        logger.error("not ready: the database is unreachable: %s", database_cause(request, exc))
         raise ServiceUnavailable("the database is unreachable") from exc
+    if revisions != (head,):
+        if revisions:
+            reason = f"the database schema is at {', '.join(revisions)}, expected head {head}: {UPGRADE_HINT}"
+        else:
+            reason = f"the database has no schema: {UPGRADE_HINT}"
+        logger.warning("not ready: %s", reason)
+        raise ServiceUnavailable(reason)
     return Health(status="ok")

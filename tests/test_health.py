@@ -1,0 +1,149 @@
+"""Readiness tells the truth about the schema, and every 503 logs the database's reason."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+from alembic import command
+from asgi_lifespan import LifespanManager
+from conftest import TEST_SECRET, assert_problem, upgrade
+from fastapi import FastAPI, Request
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import make_url, text
+
+from blogapi.cli import alembic_config
+from blogapi.config import Environment, Settings
+from blogapi.db import get_database
+from blogapi.errors import database_cause
+from blogapi.health import head_revision
+from blogapi.main import create_app
+
+READY = "/health/ready"
+FIRST_REVISION = "c8f59356205a"
+PASSWORD_IN_URL = "pw-never-logged"
+PARAMETER = "parameter-never-logged"
+
+
+@asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
+
+
+def _on(settings: Settings, database_url: str) -> FastAPI:
+    return create_app(settings.model_copy(update={"database_url": database_url}))
+
+
+# --- readiness ---------------------------------------------------------------------------------
+
+
+async def test_readiness_is_503_on_a_database_without_schema_and_says_to_upgrade(
+    settings: Settings, scratch_database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="blogapi.health"):
+        async with serving(_on(settings, scratch_database_url)) as client:
+            response = await client.get(READY)
+    problem = assert_problem(response, 503)
+    assert problem["detail"] == "the database has no schema: run `blogapi db upgrade`"
+    assert response.headers["retry-after"].isdigit()
+    assert problem["detail"] in caplog.text
+
+
+async def test_readiness_is_503_on_a_downgraded_schema_then_200_once_upgraded(
+    settings: Settings, scratch_database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    await asyncio.to_thread(upgrade, scratch_database_url)
+    await asyncio.to_thread(command.downgrade, alembic_config(scratch_database_url), FIRST_REVISION)
+    with caplog.at_level(logging.WARNING, logger="blogapi.health"):
+        async with serving(_on(settings, scratch_database_url)) as client:
+            behind = await client.get(READY)
+            await asyncio.to_thread(upgrade, scratch_database_url)
+            upgraded = await client.get(READY)
+    problem = assert_problem(behind, 503)
+    expected = f"the database schema is at {FIRST_REVISION}, expected head {head_revision()}"
+    assert problem["detail"] == f"{expected}: run `blogapi db upgrade`"
+    assert problem["detail"] in caplog.text
+    assert upgraded.status_code == 200
+
+
+def test_the_head_revision_is_the_newest_shipped_migration() -> None:
+    assert head_revision() != FIRST_REVISION
+    assert len(head_revision()) == 12
+
+
+# --- 503s log why -------------------------------------------------------------------------------
+
+
+def _unreachable(database_url: str, backend: str) -> tuple[str, str]:
+    """A URL on `backend` that cannot be opened, and what the driver says about it."""
+    if backend == "sqlite":
+        return "sqlite+aiosqlite:////nonexistent-blogapi-folder/x.db", "unable to open database file"
+    url = make_url(database_url).set(port=1, username="blogapi", password=PASSWORD_IN_URL)
+    message = "Connect call failed" if backend == "postgresql" else "Can't connect"
+    return url.render_as_string(hide_password=False), message
+
+
+async def test_a_503_for_an_unreachable_database_logs_the_drivers_message_without_the_password(
+    settings: Settings, database_url: str, backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    url, message = _unreachable(database_url, backend)
+    with caplog.at_level(logging.ERROR):
+        async with serving(_on(settings, url)) as client:
+            api = await client.get("/api/v1/posts")
+            ready = await client.get(READY)
+    assert_problem(api, 503)
+    assert_problem(ready, 503)
+    lines = [record.getMessage() for record in caplog.records]
+    assert any("GET /api/v1/posts" in line and message in line for line in lines), lines
+    assert any(line.startswith("not ready") and message in line for line in lines), lines
+    assert PASSWORD_IN_URL not in caplog.text
+
+
+@pytest.mark.backends("sqlite")
+async def test_a_503_logs_the_databases_message_but_not_the_statements_parameters(
+    settings: Settings, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = _on(settings, database_url)
+
+    @app.get("/missing-table")
+    async def missing_table(request: Request) -> None:
+        async with get_database(request).engine.connect() as connection:
+            await connection.execute(text("SELECT id FROM no_table WHERE name = :name"), {"name": PARAMETER})
+
+    with caplog.at_level(logging.ERROR, logger="blogapi.errors"):
+        async with serving(app) as client:
+            response = await client.get("/missing-table")
+    assert_problem(response, 503)
+    assert "no such table: no_table" in caplog.text
+    assert PARAMETER not in caplog.text
+    assert PARAMETER not in response.text
+
+
+class _Request:
+    """Just what `database_cause` reads of a request: the app's settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.app = type("App", (), {"state": type("State", (), {"settings": settings})()})()
+
+
+def test_the_cause_masks_parameters_the_password_and_the_secret_key_the_driver_repeats() -> None:
+    with_password = Settings(
+        database_url=f"postgresql+asyncpg://blogapi:{PASSWORD_IN_URL}@db.example/blogapi",
+        secret_key=TEST_SECRET,
+        environment=Environment.TEST,
+        _env_file=None,
+    )
+    secret = with_password.secret_key.get_secret_value()
+    said = f"invalid input for $1: '{PARAMETER}'; login {PASSWORD_IN_URL}; {secret}; id 7"
+    error = sa_exc.OperationalError("SELECT :name, :id", {"name": PARAMETER, "id": 7}, Exception(said))
+    request: Any = _Request(with_password)
+    cause = database_cause(request, error)
+    assert cause == "Exception: invalid input for $1: '***'; login ***; ***; id 7"
