@@ -74,12 +74,6 @@ async def test_the_docs_pages_may_load_nothing_from_another_origin(client: httpx
 
 
 @pytest.mark.backends("sqlite")
-async def test_swagger_ui_asks_no_validator_on_another_origin(client: httpx.AsyncClient) -> None:
-    html = (await client.get("/docs")).text
-    assert '"validatorUrl": null' in html
-
-
-@pytest.mark.backends("sqlite")
 async def test_the_docs_pages_and_their_assets_are_not_in_the_openapi_document(
     app_and_client: tuple[FastAPI, httpx.AsyncClient],
 ) -> None:

@@ -1,9 +1,9 @@
 """/docs and /redoc in a real browser, offline: headless Chromium against `blogapi serve`.
 
 Every request the pages make to another origin is blocked and recorded, and so is every
-Content-Security-Policy violation: the pages must render and work with none. The app is
-opened under a name that is not localhost (Chromium maps it to 127.0.0.1), because Swagger
-UI fetches from validator.swagger.io only when it is not on localhost.
+Content-Security-Policy violation: the pages must render and work with none. The browser
+opens the app under a name that is not localhost, as a deployment would be (Chromium maps
+it to 127.0.0.1): Swagger UI treats localhost specially (no validator badge).
 """
 
 from __future__ import annotations
@@ -122,6 +122,8 @@ class Offline:
         page = await self.context.new_page()
         page.on("pageerror", lambda error: self.page_errors.append(str(error)))
         await page.goto(url)
+        # The page's own scripts and styles have loaded (or been refused) by now: fail fast.
+        assert self.blocked == []
         return page
 
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
@@ -23,9 +22,8 @@ REDOC_URL = "/redoc"
 ASSETS_URL = "/docs/assets"
 ASSETS_PACKAGE = ("fastapi_offline", "static")
 
-# Swagger UI's default shows a badge from validator.swagger.io (which then fetches the
-# document) whenever the page is not on localhost: a request to another origin, so off.
-SWAGGER_UI_PARAMETERS: dict[str, Any] = {"validatorUrl": None}
+# ReDoc writes its styles into <style> elements as it renders, and searches in a worker.
+REDOC_SOURCES = {"style-src": "'self' 'unsafe-inline'", "worker-src": "blob:"}
 
 _INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
 
@@ -58,7 +56,6 @@ def install_docs(app: FastAPI) -> None:
             swagger_js_url=f"{root}{ASSETS_URL}/swagger-ui-bundle.js",
             swagger_css_url=f"{root}{ASSETS_URL}/swagger-ui.css",
             swagger_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
-            swagger_ui_parameters=SWAGGER_UI_PARAMETERS,
         )
         return _same_origin_only(page)
 
@@ -74,7 +71,7 @@ def install_docs(app: FastAPI) -> None:
             redoc_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
             with_google_fonts=False,
         )
-        return _same_origin_only(page)
+        return _same_origin_only(page, REDOC_SOURCES)
 
     routes: dict[str, Callable[[Request], Awaitable[Response]]] = {
         f"{ASSETS_URL}/{{name}}": asset,
@@ -92,27 +89,24 @@ def _root_path(request: Request) -> str:
     return root_path.rstrip("/")
 
 
-def _same_origin_only(page: HTMLResponse) -> HTMLResponse:
-    """Allow the page this origin's scripts and its own inline ones (by hash), nothing else.
-
-    Styles may be inline: ReDoc writes its styles into <style> elements as it renders.
-    """
-    hashes = " ".join(
+def _same_origin_only(page: HTMLResponse, extra: Mapping[str, str] | None = None) -> HTMLResponse:
+    """Allow the page this origin's resources and its own inline scripts (by hash), nothing else."""
+    hashes = [
         f"'sha256-{base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()}'"
         for script in _INLINE_SCRIPT.findall(bytes(page.body).decode())
-    )
+    ]
+    directives = {
+        "default-src": "'none'",
+        "script-src": " ".join(["'self'", *hashes]),
+        "style-src": "'self'",
+        "img-src": "'self' data:",
+        "connect-src": "'self'",
+        "base-uri": "'none'",
+        "form-action": "'none'",
+        "frame-ancestors": "'none'",
+        **(extra or {}),
+    }
     page.headers["Content-Security-Policy"] = "; ".join(
-        (
-            "default-src 'none'",
-            f"script-src 'self' {hashes}".strip(),
-            "style-src 'self' 'unsafe-inline'",
-            "img-src 'self' data:",
-            "font-src 'self'",
-            "connect-src 'self'",
-            "worker-src 'self' blob:",
-            "base-uri 'none'",
-            "form-action 'none'",
-            "frame-ancestors 'none'",
-        )
+        f"{name} {value}" for name, value in directives.items()
     )
     return page
