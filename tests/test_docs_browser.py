@@ -232,3 +232,26 @@ def test_without_chromium_the_browser_tests_skip_with_the_reason_unless_it_is_re
     )
     assert run.returncode == exit_code, run.stdout + run.stderr
     assert reported in run.stdout, run.stdout
+
+
+def test_make_browser_leaves_an_installed_chromium_alone(chromium: str) -> None:
+    run = subprocess.run(
+        ["make", "--no-print-directory", "browser", f"CHROMIUM={chromium}"],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "installing" not in run.stdout
+
+
+def test_make_browser_without_root_says_how_to_install_chromium() -> None:
+    command = ["make", "--no-print-directory", "browser", "CHROMIUM=/nonexistent/chromium"]
+    if os.geteuid() == 0:
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    run = subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode != 0
+    assert "sudo apt-get install chromium" in run.stderr
+    assert "installing" not in run.stdout
