@@ -55,6 +55,24 @@ async def test_the_docs_pages_load_their_scripts_and_styles_from_the_app_not_a_c
 
 
 @pytest.mark.backends("sqlite")
+async def test_the_docs_pages_behind_a_path_prefix_load_everything_under_it(settings: Settings) -> None:
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app, root_path="/blog")
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        swagger_ui = (await client.get("/blog/docs")).text
+        redoc = (await client.get("/blog/redoc")).text
+        asset = await client.get("/blog/docs/assets/swagger-ui.css")
+    assert "url: '/blog/openapi.json'" in swagger_ui
+    assert "oauth2RedirectUrl: window.location.origin + '/blog/docs/oauth2-redirect'" in swagger_ui
+    assert 'spec-url="/blog/openapi.json"' in redoc
+    for html in (swagger_ui, redoc):
+        assert all(
+            url.startswith("/blog/docs/assets/") for url in re.findall(r'(?:src|href)="([^"]*)"', html)
+        )
+    assert asset.status_code == 200
+
+
+@pytest.mark.backends("sqlite")
 async def test_the_docs_pages_may_load_nothing_from_another_origin(client: httpx.AsyncClient) -> None:
     for page in DOCS_PAGES:
         response = await client.get(page)
