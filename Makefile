@@ -5,10 +5,12 @@ UV := .cache/uv/bin/uv
 BIN := .venv/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# Debian's chromium, which the browser tests drive (tests/test_docs_browser.py).
+CHROMIUM := /usr/bin/chromium
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 
-.PHONY: help install run test lint format clean bench fuzz
+.PHONY: help install run test browser lint format clean bench fuzz
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -26,6 +28,15 @@ run: install  ## migrate the database (SQLite by default) and serve on http://$(
 
 test: install  ## the whole suite: SQLite always, PostgreSQL and MariaDB when reachable
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+browser:  ## install Debian's chromium for the browser tests (make test skips them without it; CI requires it)
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+		if [ "$$(id -u)" != 0 ]; then \
+			echo "the browser tests need Chromium at $(CHROMIUM) (Debian package chromium): run 'sudo apt-get install chromium' first" >&2; exit 1; \
+		fi; \
+		echo "installing chromium (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || exit 1; \
+	fi
 
 lint: install  ## formatting, lint and strict typing, as CI runs them
 	$(BIN)/ruff format --check .

@@ -5,6 +5,10 @@ BLOGAPI_TEST_POSTGRES_URL / BLOGAPI_TEST_MARIADB_URL and are skipped, with the r
 printed at the end, when not. BLOGAPI_TEST_REQUIRE=postgresql,mariadb (as CI sets it)
 turns an unreachable backend into a failure instead.
 
+The browser tests drive Debian's chromium (BLOGAPI_TEST_CHROMIUM, default /usr/bin/chromium;
+`make browser` installs it). Without it they are skipped, with the reason printed at the
+end, unless BLOGAPI_TEST_REQUIRE includes `chromium` (as CI sets it).
+
 Tests commit for real, each on the app's real session code, and every table is emptied
 after each test: commit timing, races and faults cannot be tested inside a rolled-back
 outer transaction.
@@ -49,11 +53,13 @@ SERVER_URLS = {
     ),
 }
 REQUIRED = {name.strip() for name in os.environ.get("BLOGAPI_TEST_REQUIRE", "").split(",") if name.strip()}
+CHROMIUM = os.environ.get("BLOGAPI_TEST_CHROMIUM", "/usr/bin/chromium")
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
 PASSWORD = "correct horse battery"
 
 _skipped_backends: dict[str, str] = {}
 _tested_backends: set[str] = set()
+_browser: dict[str, str] = {}  # "tested" or "skipped" -> what
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -82,6 +88,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     terminalreporter.write_line(f"tested on: {', '.join(ran) or 'none'}")
     for name, reason in _skipped_backends.items():
         terminalreporter.write_line(f"SKIPPED {name}: {reason}", yellow=True)
+    if "tested" in _browser:
+        terminalreporter.write_line(f"browser tests ran on {_browser['tested']}")
+    if "skipped" in _browser:
+        terminalreporter.write_line(f"SKIPPED browser tests: {_browser['skipped']}", yellow=True)
 
 
 async def _create_database(url: str) -> None:
@@ -153,6 +163,19 @@ async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.
     await asyncio.to_thread(upgrade, url)
     _tested_backends.add(backend)
     return url
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The Chromium executable the browser tests drive; a skip (or, when required, a failure) if missing."""
+    if os.access(CHROMIUM, os.X_OK):
+        _browser["tested"] = CHROMIUM
+        return CHROMIUM
+    reason = f"no Chromium at {CHROMIUM} (`make browser` installs Debian's chromium)"
+    if "chromium" in REQUIRED:
+        pytest.fail(f"required browser missing: {reason}")
+    _browser["skipped"] = reason
+    pytest.skip(reason)
 
 
 @pytest.fixture

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import importlib
 import logging
+import re
 import tomllib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,6 +33,92 @@ async def test_the_openapi_document_and_swagger_ui_are_served(client: httpx.Asyn
     docs = await client.get("/docs")
     assert docs.status_code == 200
     assert "swagger" in docs.text.lower()
+
+
+DOCS_PAGES = ("/docs", "/redoc", "/docs/oauth2-redirect")
+SAME_ORIGIN_SOURCE = re.compile(r"'(self|none|unsafe-inline|sha256-[A-Za-z0-9+/=]+)'|data:|blob:")
+
+
+@pytest.mark.backends("sqlite")
+async def test_the_docs_pages_load_their_scripts_and_styles_from_the_app_not_a_cdn(
+    client: httpx.AsyncClient,
+) -> None:
+    for page in ("/docs", "/redoc"):
+        html = (await client.get(page)).text
+        urls = re.findall(r'(?:src|href)="([^"]*)"', html)
+        assert any(url.endswith(".js") for url in urls), (page, urls)
+        for url in urls:
+            assert url.startswith("/docs/assets/"), (page, url)
+            asset = await client.get(url)
+            assert asset.status_code == 200, (page, url)
+            assert asset.content
+
+
+@pytest.mark.backends("sqlite")
+async def test_the_docs_pages_behind_a_path_prefix_load_everything_under_it(settings: Settings) -> None:
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app, root_path="/blog")
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        swagger_ui = (await client.get("/blog/docs")).text
+        redoc = (await client.get("/blog/redoc")).text
+        asset = await client.get("/blog/docs/assets/swagger-ui.css")
+    assert "url: '/blog/openapi.json'" in swagger_ui
+    assert "oauth2RedirectUrl: window.location.origin + '/blog/docs/oauth2-redirect'" in swagger_ui
+    assert 'spec-url="/blog/openapi.json"' in redoc
+    for html in (swagger_ui, redoc):
+        assert all(
+            url.startswith("/blog/docs/assets/") for url in re.findall(r'(?:src|href)="([^"]*)"', html)
+        )
+    assert asset.status_code == 200
+
+
+@pytest.mark.backends("sqlite")
+async def test_the_docs_pages_may_load_nothing_from_another_origin(client: httpx.AsyncClient) -> None:
+    for page in DOCS_PAGES:
+        response = await client.get(page)
+        assert response.status_code == 200
+        policy = response.headers["content-security-policy"]
+        directives = dict(directive.strip().split(" ", 1) for directive in policy.split(";"))
+        assert directives["default-src"] == "'none'"
+        assert directives["frame-ancestors"] == "'none'"
+        for sources in directives.values():
+            for source in sources.split():
+                assert SAME_ORIGIN_SOURCE.fullmatch(source), (page, source)
+        # Each inline script is allowed by its hash: no 'unsafe-inline' scripts.
+        inline_scripts = re.findall(r"<script>(.*?)</script>", response.text, re.DOTALL)
+        for script in inline_scripts:
+            digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+            assert f"'sha256-{digest}'" in directives["script-src"], page
+
+
+@pytest.mark.backends("sqlite")
+async def test_the_docs_pages_and_their_assets_are_not_in_the_openapi_document(
+    app_and_client: tuple[FastAPI, httpx.AsyncClient],
+) -> None:
+    app, client = app_and_client
+    docs_routes = {*DOCS_PAGES, "/docs/assets/{name}"}
+    assert docs_routes <= {getattr(route, "path", None) for route in app.routes}
+    document = (await client.get("/openapi.json")).json()
+    assert docs_routes & set(document["paths"]) == set()
+
+
+@pytest.mark.backends("sqlite")
+async def test_a_docs_asset_answers_other_methods_405_allowing_get_and_head(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post("/docs/assets/swagger-ui.css")
+    assert response.status_code == 405
+    assert response.headers["content-type"] == PROBLEM
+    assert response.headers["allow"] == "GET, HEAD"
+    assert (await client.head("/docs/assets/swagger-ui.css")).status_code == 200
+
+
+@pytest.mark.backends("sqlite")
+async def test_an_unknown_docs_asset_is_a_404_problem(client: httpx.AsyncClient) -> None:
+    for name in ("nothing.js", "..%2F..%2Fdocs.py", "%2E%2E"):
+        response = await client.get(f"/docs/assets/{name}")
+        assert response.status_code == 404, name
+        assert response.headers["content-type"] == PROBLEM
 
 
 def _declared(document: dict[str, Any], path: str, method: str) -> set[int]:

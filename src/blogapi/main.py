@@ -14,6 +14,7 @@ from blogapi import __version__, health
 from blogapi.auth.router import router as auth_router
 from blogapi.config import Settings, get_settings
 from blogapi.db import Database
+from blogapi.docs import install_docs
 from blogapi.errors import PROBLEM_MEDIA_TYPE, error_responses, install_error_handlers
 from blogapi.middleware import BodySizeLimit, RetryTransientErrors
 from blogapi.pagination import CursorCodec
@@ -45,6 +46,9 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         version=__version__,
         description="Users and their posts. Errors are RFC 9457 problem details.",
         lifespan=lifespan,
+        # FastAPI's pages load Swagger UI and ReDoc from a CDN; install_docs serves them offline.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.cursor_codec = CursorCodec(settings.secret_key.get_secret_value().encode())
@@ -54,6 +58,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     for router in (posts_router, users_router, auth_router):
         app.include_router(router, prefix=API_PREFIX, responses=error_responses(503))
     app.include_router(health.router)
+    install_docs(app)
     install_error_handlers(app)
 
     if settings.cors_origins:
