@@ -117,35 +117,35 @@ CURSOR_OPERATIONS = frozenset(
     {"GET /api/v1/users", "GET /api/v1/users/{user_id}/posts", "GET /api/v1/posts", "GET /api/v1/tags"}
 )
 IDEMPOTENCY_OPERATIONS = frozenset({"POST /api/v1/users", "POST /api/v1/posts"})
-CURSOR_REJECTIONS = (
-    "the cursor is malformed",
-    "the cursor is not one this service issued",
-    "the cursor is not one for this list of ",
-)
-IDEMPOTENCY_REJECTION = "this Idempotency-Key was used with a different request body"
+# The problem types of these rejections (docs/problems.md).
+PROBLEM_TYPES = "https://blogapi.dev/problems/"
+CURSOR_REJECTION = PROBLEM_TYPES + "invalid-cursor"
+IDEMPOTENCY_REJECTION = PROBLEM_TYPES + "idempotency-key-reused"
+STALE_IF_MATCH = PROBLEM_TYPES + "precondition-failed"
 
 
-def _problem_detail(response: Any) -> str:
+def _problem_type(response: Any) -> str:
     try:
-        detail = response.json().get("detail", "")
+        problem_type = response.json().get("type", "")
     except Exception:
         return ""
-    return detail if isinstance(detail, str) else ""
+    return problem_type if isinstance(problem_type, str) else ""
 
 
 def _explained_by_state(operation: str, response: Any) -> bool:
     """Whether this 412/422 is what the server must answer to an input it cannot honour."""
     request = response.request
+    problem_type = _problem_type(response)
     if response.status_code == 412:
         if_match = request.headers.get("If-Match")
         tags = {tag.strip() for tag in (if_match or "").split(",")}
-        return operation in IF_MATCH_OPERATIONS and if_match is not None and "*" not in tags
-    detail = _problem_detail(response)
+        stale = operation in IF_MATCH_OPERATIONS and if_match is not None and "*" not in tags
+        return stale and problem_type == STALE_IF_MATCH
     if operation in CURSOR_OPERATIONS:
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.url).query, keep_blank_values=True)
-        return "cursor" in query and detail.startswith(CURSOR_REJECTIONS)
+        return "cursor" in query and problem_type == CURSOR_REJECTION
     if operation in IDEMPOTENCY_OPERATIONS:
-        return request.headers.get("Idempotency-Key") is not None and detail == IDEMPOTENCY_REJECTION
+        return request.headers.get("Idempotency-Key") is not None and problem_type == IDEMPOTENCY_REJECTION
     return False
 
 

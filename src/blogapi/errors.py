@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
 from http import HTTPStatus
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import make_url
 from sqlalchemy.orm.exc import StaleDataError
@@ -26,6 +28,137 @@ _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))  # RFC 9110 9.2.1: they change nothing
 
 
+PROBLEM_TYPE_BASE = "https://blogapi.dev/problems/"
+
+
+class ProblemType(StrEnum):
+    """Every kind of error, as the `type` URI of its problem details (docs/problems.md)."""
+
+    VALIDATION_ERROR = PROBLEM_TYPE_BASE + "validation-error"
+    INVALID_CURSOR = PROBLEM_TYPE_BASE + "invalid-cursor"
+    IDEMPOTENCY_KEY_REUSED = PROBLEM_TYPE_BASE + "idempotency-key-reused"
+    UNAUTHORIZED = PROBLEM_TYPE_BASE + "unauthorized"
+    INVALID_CREDENTIALS = PROBLEM_TYPE_BASE + "invalid-credentials"
+    FORBIDDEN = PROBLEM_TYPE_BASE + "forbidden"
+    NOT_FOUND = PROBLEM_TYPE_BASE + "not-found"
+    METHOD_NOT_ALLOWED = PROBLEM_TYPE_BASE + "method-not-allowed"
+    CONFLICT = PROBLEM_TYPE_BASE + "conflict"
+    EMAIL_TAKEN = PROBLEM_TYPE_BASE + "email-taken"
+    IDEMPOTENCY_KEY_IN_USE = PROBLEM_TYPE_BASE + "idempotency-key-in-use"
+    PRECONDITION_FAILED = PROBLEM_TYPE_BASE + "precondition-failed"
+    PAYLOAD_TOO_LARGE = PROBLEM_TYPE_BASE + "payload-too-large"
+    TOO_MANY_REQUESTS = PROBLEM_TYPE_BASE + "too-many-requests"
+    INTERNAL_ERROR = PROBLEM_TYPE_BASE + "internal-error"
+    SERVICE_UNAVAILABLE = PROBLEM_TYPE_BASE + "service-unavailable"
+
+    @property
+    def slug(self) -> str:
+        return self.value.removeprefix(PROBLEM_TYPE_BASE)
+
+
+@dataclass(frozen=True, slots=True)
+class ProblemKind:
+    status: HTTPStatus
+    meaning: str
+    example: str  # a `detail` this kind of error may carry
+
+
+PROBLEM_KINDS: dict[ProblemType, ProblemKind] = {
+    ProblemType.VALIDATION_ERROR: ProblemKind(
+        HTTPStatus.UNPROCESSABLE_ENTITY,
+        "The request does not fit the schema (or a value cannot be stored); `errors` says where and why.",
+        "the request is not valid",
+    ),
+    ProblemType.INVALID_CURSOR: ProblemKind(
+        HTTPStatus.UNPROCESSABLE_ENTITY,
+        "The `cursor` is not a `next_cursor` this service issued for this list: start from the first page.",
+        "the cursor is not one this service issued",
+    ),
+    ProblemType.IDEMPOTENCY_KEY_REUSED: ProblemKind(
+        HTTPStatus.UNPROCESSABLE_ENTITY,
+        "The `Idempotency-Key` was used before with a different request body: use a new key.",
+        "this Idempotency-Key was used with a different request body",
+    ),
+    ProblemType.UNAUTHORIZED: ProblemKind(
+        HTTPStatus.UNAUTHORIZED,
+        "The access token is missing, invalid, expired, or older than the account's last password change.",
+        "the access token is missing, invalid or expired",
+    ),
+    ProblemType.INVALID_CREDENTIALS: ProblemKind(
+        HTTPStatus.UNAUTHORIZED,
+        "Logging in failed: the email or the password is wrong (which one is not said).",
+        "the email or password is incorrect",
+    ),
+    ProblemType.FORBIDDEN: ProblemKind(
+        HTTPStatus.FORBIDDEN,
+        "The caller may not do this to this resource (only its owner or an admin may).",
+        "only the author or an admin may change this post",
+    ),
+    ProblemType.NOT_FOUND: ProblemKind(
+        HTTPStatus.NOT_FOUND, "No such resource, or no such route.", "post 7 not found"
+    ),
+    ProblemType.METHOD_NOT_ALLOWED: ProblemKind(
+        HTTPStatus.METHOD_NOT_ALLOWED,
+        "The route exists, but not for this method; `Allow` lists the methods it has.",
+        "Method Not Allowed",
+    ),
+    ProblemType.CONFLICT: ProblemKind(
+        HTTPStatus.CONFLICT,
+        "The request conflicts with the current state, changed by a concurrent request: read it again.",
+        "the request conflicts with the current state",
+    ),
+    ProblemType.EMAIL_TAKEN: ProblemKind(
+        HTTPStatus.CONFLICT, "Another account has this email.", "an account with this email already exists"
+    ),
+    ProblemType.IDEMPOTENCY_KEY_IN_USE: ProblemKind(
+        HTTPStatus.CONFLICT,
+        "A request with this `Idempotency-Key` is still in progress: retry shortly.",
+        "a request with this Idempotency-Key is still in progress; retry shortly",
+    ),
+    ProblemType.PRECONDITION_FAILED: ProblemKind(
+        HTTPStatus.PRECONDITION_FAILED,
+        "`If-Match` names a version the resource is no longer at: GET it again, then retry.",
+        "the resource has changed since you read it; GET it again",
+    ),
+    ProblemType.PAYLOAD_TOO_LARGE: ProblemKind(
+        HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+        "The request body is over the size limit (`MAX_BODY_BYTES`).",
+        "request body exceeds 1048576 bytes",
+    ),
+    ProblemType.TOO_MANY_REQUESTS: ProblemKind(
+        HTTPStatus.TOO_MANY_REQUESTS,
+        "Too many failed logins for this account or from this address: retry after `Retry-After` seconds.",
+        "too many failed logins; try again later",
+    ),
+    ProblemType.INTERNAL_ERROR: ProblemKind(
+        HTTPStatus.INTERNAL_SERVER_ERROR,
+        "A bug on our side; it was logged. Nothing about it is revealed.",
+        "an unexpected error occurred",
+    ),
+    ProblemType.SERVICE_UNAVAILABLE: ProblemKind(
+        HTTPStatus.SERVICE_UNAVAILABLE,
+        "The database is unavailable or busy, or the request kept conflicting with concurrent ones:"
+        " retry after `Retry-After` seconds.",
+        "the database is unavailable; retry shortly",
+    ),
+}
+
+# The kind of an error known only by its status (a framework's error, a handler's response).
+_KIND_OF_STATUS: dict[int, ProblemType] = {}
+for _problem_type, _kind in PROBLEM_KINDS.items():
+    _KIND_OF_STATUS.setdefault(_kind.status, _problem_type)
+
+
+def _problem_type_description() -> str:
+    lines = [
+        "What kind of error this is, to act on without parsing `detail`. One of the following"
+        " (or `about:blank` for a status that has no more specific kind):",
+        "",
+    ]
+    lines += [f"- `{kind}` ({info.status}): {info.meaning}" for kind, info in PROBLEM_KINDS.items()]
+    return "\n".join(lines)
+
+
 class FieldError(BaseModel):
     loc: list[str | int]
     msg: str
@@ -38,7 +171,7 @@ class Problem(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
             "example": {
-                "type": "about:blank",
+                "type": ProblemType.NOT_FOUND,
                 "title": "Not Found",
                 "status": 404,
                 "detail": "post 7 not found",
@@ -46,7 +179,7 @@ class Problem(BaseModel):
         }
     )
 
-    type: str = "about:blank"
+    type: str = Field(description=_problem_type_description())
     title: str
     status: int
     detail: str
@@ -57,6 +190,7 @@ class DomainError(Exception):
     """An error a client can cause; services raise these and never `HTTPException`."""
 
     status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
+    type: ClassVar[ProblemType] = ProblemType.INTERNAL_ERROR
     default_headers: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, detail: str) -> None:
@@ -67,27 +201,45 @@ class DomainError(Exception):
 
 class NotFound(DomainError):
     status = HTTPStatus.NOT_FOUND
+    type = ProblemType.NOT_FOUND
 
 
 class Conflict(DomainError):
     status = HTTPStatus.CONFLICT
+    type = ProblemType.CONFLICT
+
+
+class EmailTaken(Conflict):
+    type = ProblemType.EMAIL_TAKEN
+
+
+class IdempotencyKeyInUse(Conflict):
+    type = ProblemType.IDEMPOTENCY_KEY_IN_USE
 
 
 class Forbidden(DomainError):
     status = HTTPStatus.FORBIDDEN
+    type = ProblemType.FORBIDDEN
 
 
 class Unauthorized(DomainError):
     status = HTTPStatus.UNAUTHORIZED
+    type = ProblemType.UNAUTHORIZED
     default_headers: ClassVar[Mapping[str, str]] = {"WWW-Authenticate": "Bearer"}
+
+
+class InvalidCredentials(Unauthorized):
+    type = ProblemType.INVALID_CREDENTIALS
 
 
 class PreconditionFailed(DomainError):
     status = HTTPStatus.PRECONDITION_FAILED
+    type = ProblemType.PRECONDITION_FAILED
 
 
 class TooManyRequests(DomainError):
     status = HTTPStatus.TOO_MANY_REQUESTS
+    type = ProblemType.TOO_MANY_REQUESTS
 
     def __init__(self, detail: str, retry_after: int) -> None:
         super().__init__(detail)
@@ -96,13 +248,23 @@ class TooManyRequests(DomainError):
 
 class ServiceUnavailable(DomainError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
+    type = ProblemType.SERVICE_UNAVAILABLE
     default_headers: ClassVar[Mapping[str, str]] = {"Retry-After": RETRY_AFTER_SECONDS}
 
 
 class InvalidInput(DomainError):
-    """Input that passed the schema but cannot be used (a tampered cursor, say)."""
+    """Input that passed the schema but cannot be used."""
 
     status = HTTPStatus.UNPROCESSABLE_ENTITY
+    type = ProblemType.VALIDATION_ERROR
+
+
+class InvalidCursor(InvalidInput):
+    type = ProblemType.INVALID_CURSOR
+
+
+class IdempotencyKeyReused(InvalidInput):
+    type = ProblemType.IDEMPOTENCY_KEY_REUSED
 
 
 class PayloadTooLarge(StarletteHTTPException):
@@ -118,8 +280,11 @@ def problem_response(
     *,
     headers: Mapping[str, str] | None = None,
     errors: list[FieldError] | None = None,
+    problem_type: ProblemType | None = None,
 ) -> JSONResponse:
-    problem = Problem(title=HTTPStatus(status).phrase, status=status, detail=detail, errors=errors)
+    """A problem+json response; `problem_type` defaults to the general kind of `status`."""
+    kind: str = problem_type or _KIND_OF_STATUS.get(status) or "about:blank"
+    problem = Problem(type=kind, title=HTTPStatus(status).phrase, status=status, detail=detail, errors=errors)
     return JSONResponse(
         problem.model_dump(exclude_none=True),
         status_code=status,
@@ -136,7 +301,7 @@ def _service_unavailable(detail: str) -> JSONResponse:
 
 async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
-    return problem_response(exc.status, exc.detail, headers=exc.headers)
+    return problem_response(exc.status, exc.detail, headers=exc.headers, problem_type=exc.type)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -343,6 +508,56 @@ def install_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(exc_class, handler)
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the problem responses a route can return."""
-    return {status: {"model": Problem, "description": HTTPStatus(status).phrase} for status in statuses}
+_ERROR_HEADERS: dict[int, dict[str, Any]] = {
+    HTTPStatus.UNAUTHORIZED: {
+        "WWW-Authenticate": {"description": "The scheme to authenticate with.", "schema": {"type": "string"}}
+    },
+    HTTPStatus.TOO_MANY_REQUESTS: {
+        "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "string"}}
+    },
+    HTTPStatus.SERVICE_UNAVAILABLE: {
+        "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "string"}}
+    },
+}
+
+
+def _example(problem_type: ProblemType) -> dict[str, Any]:
+    kind = PROBLEM_KINDS[problem_type]
+    value: dict[str, Any] = {
+        "type": problem_type.value,
+        "title": kind.status.phrase,
+        "status": kind.status.value,
+        "detail": kind.example,
+    }
+    if problem_type is ProblemType.VALIDATION_ERROR:
+        value["errors"] = [
+            {"loc": ["body", "email"], "msg": "not a valid email address", "type": "string_pattern_mismatch"}
+        ]
+    return {"summary": problem_type.slug, "value": value}
+
+
+def error_responses(*errors: int | ProblemType) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the problem responses a route can return, each with its examples.
+
+    A status stands for its general kind (409: `conflict`), a ProblemType for itself and
+    its status (EMAIL_TAKEN: 409, `email-taken`).
+    """
+    kinds: dict[int, list[ProblemType]] = {}
+    for error in errors:
+        problem_type = error if isinstance(error, ProblemType) else _KIND_OF_STATUS[error]
+        kinds.setdefault(PROBLEM_KINDS[problem_type].status, []).append(problem_type)
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status, problem_types in kinds.items():
+        response: dict[str, Any] = {
+            "model": Problem,
+            "description": HTTPStatus(status).phrase,
+            "content": {
+                PROBLEM_MEDIA_TYPE: {
+                    "examples": {problem_type.slug: _example(problem_type) for problem_type in problem_types}
+                }
+            },
+        }
+        if status in _ERROR_HEADERS:
+            response["headers"] = _ERROR_HEADERS[status]
+        responses[status] = response
+    return responses

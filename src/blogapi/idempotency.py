@@ -26,7 +26,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from blogapi.config import Settings
 from blogapi.db import AnyRow, Base, UTCDateTime, binary_string, utcnow, violates
-from blogapi.errors import Conflict, InvalidInput
+from blogapi.errors import IdempotencyKeyInUse, IdempotencyKeyReused
+from blogapi.validation import in_words
 
 KEY_MAX = 255
 OWNER_MAX = 64
@@ -41,12 +42,18 @@ IdempotencyKeyHeader = Annotated[
         pattern=r"^[\x21-\x7e]+$",
         description="Retry-safe creation: a retry with the same key and body returns the first response.",
     ),
+    in_words("must be printable ASCII characters without spaces"),
 ]
 
 
 CREATED_HEADERS = {
     "Location": {"description": "The new resource.", "schema": {"type": "string"}},
     "ETag": {"description": "The new resource's version.", "schema": {"type": "string"}},
+    "Idempotent-Replayed": {
+        "description": "`true` when this is the stored response to an earlier request with the same"
+        " Idempotency-Key (absent otherwise).",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
 }
 
 
@@ -81,9 +88,9 @@ def fingerprint(secret: bytes, route: str, body: BaseModel) -> str:
 
 def _replay(record: AnyRow, digest: str) -> Response:
     if not hmac.compare_digest(record.fingerprint, digest):
-        raise InvalidInput("this Idempotency-Key was used with a different request body")
+        raise IdempotencyKeyReused("this Idempotency-Key was used with a different request body")
     if record.status_code is None or record.response_body is None:
-        raise Conflict("a request with this Idempotency-Key is still in progress; retry shortly")
+        raise IdempotencyKeyInUse("a request with this Idempotency-Key is still in progress; retry shortly")
     headers = {"Idempotent-Replayed": "true"}
     if record.location:
         headers["Location"] = record.location
@@ -144,7 +151,9 @@ async def begin(
         # Another request claimed the key and has committed by now: replay its response.
         winner = (await connection.execute(_SELECT, scope)).one_or_none()
         if winner is None:
-            raise Conflict("a request with this Idempotency-Key is still in progress; retry shortly") from exc
+            raise IdempotencyKeyInUse(
+                "a request with this Idempotency-Key is still in progress; retry shortly"
+            ) from exc
         return IdempotentRequest(_replay(winner, digest), None)
     return IdempotentRequest(None, claim_id)
 

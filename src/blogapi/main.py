@@ -7,8 +7,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.dependencies.models import Dependant
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.security.base import SecurityBase
 
 from blogapi import __version__, health
 from blogapi.auth.router import router as auth_router
@@ -44,11 +47,15 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app = FastAPI(
         title="blogapi",
         version=__version__,
-        description="Users and their posts. Errors are RFC 9457 problem details.",
+        description=(
+            "Users and their posts. Errors are RFC 9457 problem details; their `type` says what"
+            " kind of error each is (see the `Problem` schema, or docs/problems.md)."
+        ),
         lifespan=lifespan,
         # FastAPI's pages load Swagger UI and ReDoc from a CDN; install_docs serves them offline.
         docs_url=None,
         redoc_url=None,
+        generate_unique_id_function=_operation_id,
     )
     app.state.settings = settings
     app.state.cursor_codec = CursorCodec(settings.secret_key.get_secret_value().encode())
@@ -75,8 +82,32 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     return app
 
 
+def _operation_id(route: APIRoute) -> str:
+    """The endpoint's function name (`create_user`): what a generated client names its call."""
+    return route.name
+
+
+def _security_schemes(dependant: Dependant) -> list[SecurityBase]:
+    schemes = [dependant.call] if isinstance(dependant.call, SecurityBase) else []
+    for dependency in dependant.dependencies:
+        schemes += _security_schemes(dependency)
+    return schemes
+
+
+def _takes_an_optional_token(dependant: Dependant) -> bool:
+    """Whether every security scheme of an endpoint lets a request without credentials through.
+
+    FastAPI declares a scheme made with `auto_error=False` as required all the same.
+    """
+    schemes = _security_schemes(dependant)
+    return bool(schemes) and not any(getattr(scheme, "auto_error", True) for scheme in schemes)
+
+
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's document, with errors described as what they are: problem+json."""
+    """FastAPI's document, with errors described as what they are: problem+json.
+
+    Operations whose token is optional also accept no credentials (`{}` in `security`).
+    """
     if app.openapi_schema is None:
         schema = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
@@ -86,8 +117,16 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                 for status, response in operation.get("responses", {}).items():
                     content = response.get("content", {})
                     if status.isdigit() and int(status) >= 400 and "application/json" in content:
-                        content[PROBLEM_MEDIA_TYPE] = {"schema": {"$ref": "#/components/schemas/Problem"}}
+                        problem = content.setdefault(PROBLEM_MEDIA_TYPE, {})
+                        problem["schema"] = {"$ref": "#/components/schemas/Problem"}
                         del content["application/json"]
+        for context in iter_route_contexts(app.routes):
+            route = context.original_route
+            optional = isinstance(route, APIRoute) and _takes_an_optional_token(route.dependant)
+            if optional and context.path_format in schema["paths"]:
+                for method in context.methods or ():
+                    operation = schema["paths"][context.path_format][method.lower()]
+                    operation["security"] = [{}, *operation.get("security", [])]
         for unused in ("HTTPValidationError", "ValidationError"):
             schema.get("components", {}).get("schemas", {}).pop(unused, None)
         app.openapi_schema = schema

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Generic, TypeVar
 from fastapi import Depends, Query, Request
 from pydantic import BaseModel
 
-from blogapi.errors import InvalidInput
+from blogapi.errors import InvalidCursor
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -60,7 +60,7 @@ class CursorCodec:
         return f"{_b64encode(payload)}.{_b64encode(self._sign(payload))}"
 
     def decode(self, kind: str, cursor: str, *parsers: Callable[[Any], Any]) -> list[Any]:
-        """The position in a cursor, each part read by its parser; InvalidInput if anything is off.
+        """The position in a cursor, each part read by its parser; InvalidCursor if anything is off.
 
         A cursor that is signed but not of the expected shape (one from an older release,
         say) is refused like a forged one, never a 500.
@@ -70,16 +70,16 @@ class CursorCodec:
             payload = _b64decode(encoded_payload)
             signature = _b64decode(encoded_signature)
         except ValueError as exc:
-            raise InvalidInput("the cursor is malformed") from exc
+            raise InvalidCursor("the cursor is malformed") from exc
         if not hmac.compare_digest(signature, self._sign(payload)):
-            raise InvalidInput("the cursor is not one this service issued")
+            raise InvalidCursor("the cursor is not one this service issued")
         try:
             decoded = json.loads(payload)
             if not isinstance(decoded, list) or decoded[0] != kind or len(decoded) != len(parsers) + 1:
                 raise ValueError(kind)
             return [parse(value) for parse, value in zip(parsers, decoded[1:], strict=True)]
         except (ValueError, TypeError, IndexError) as exc:
-            raise InvalidInput(f"the cursor is not one for this list of {kind}") from exc
+            raise InvalidCursor(f"the cursor is not one for this list of {kind}") from exc
 
 
 class PageParams:

@@ -2,12 +2,44 @@
 
 from __future__ import annotations
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 # No C0 control characters (NUL in particular, which PostgreSQL text cannot hold) nor DEL.
 SINGLE_LINE = r"^[^\x00-\x1f\x7f]*$"
 # Multi-line text may keep tabs and line breaks.
 MULTI_LINE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+
+
+def in_words(message: str) -> WrapValidator:
+    """Report a failed `pattern` as `message`: pydantic's own message quotes the regular expression.
+
+    The pattern stays in the JSON schema (clients and the fuzzer generate from it); only
+    what a client reads changes. Every other error passes through.
+    """
+
+    def validate(value: object, handler: ValidatorFunctionWrapHandler) -> object:
+        try:
+            return handler(value)
+        except ValidationError as exc:
+            if any(error["type"] == "string_pattern_mismatch" for error in exc.errors()):
+                raise PydanticCustomError("string_pattern_mismatch", message) from None
+            raise
+
+    return WrapValidator(validate)
+
+
+SingleLineInWords = in_words("must be a single line of text without control characters")
+MultiLineInWords = in_words("must be text without control characters (tabs and line breaks are allowed)")
 
 
 def is_utf8(text: str) -> bool:

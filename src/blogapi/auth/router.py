@@ -1,17 +1,16 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.security import OAuth2PasswordRequestForm
-from pydantic import BaseModel
+from fastapi import APIRouter, Form, Request
+from pydantic import BaseModel, ConfigDict, Field
 
 from blogapi.auth import service
 from blogapi.auth.security import TokenSubject, create_access_token
 from blogapi.config import SettingsDep
 from blogapi.db import DatabaseDep
-from blogapi.errors import error_responses
+from blogapi.errors import ProblemType, error_responses
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -22,9 +21,32 @@ class Token(BaseModel):
     expires_in: int
 
 
-@router.post("/token", responses=error_responses(401, 413, 422, 429), summary="Log in")
+class LoginForm(BaseModel):
+    """The OAuth2 password grant (RFC 6749 4.3.2), as Swagger UI and OAuth2 clients send it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"grant_type": "password", "username": "ada@example.com", "password": "correct horse"}
+            ]
+        }
+    )
+
+    username: str = Field(description="The account's email address (OAuth2 calls it `username`).")
+    password: str = Field(description="The account's password.", json_schema_extra={"format": "password"})
+    grant_type: Literal["password"] | None = Field(default=None, description="`password` if sent.")
+    scope: str = Field(default="", description="Ignored: a token carries no scopes.")
+    client_id: str | None = Field(default=None, description="Ignored.")
+    client_secret: str | None = Field(default=None, description="Ignored.")
+
+
+@router.post(
+    "/token",
+    responses=error_responses(ProblemType.INVALID_CREDENTIALS, 413, 422, 429),
+    summary="Log in",
+)
 async def issue_token(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    form: Annotated[LoginForm, Form()],
     request: Request,
     database: DatabaseDep,
     settings: SettingsDep,

@@ -10,7 +10,7 @@ from blogapi.auth import throttle
 from blogapi.auth.security import verify_password
 from blogapi.config import Settings
 from blogapi.db import Database, utcnow
-from blogapi.errors import InvalidInput, TooManyRequests, Unauthorized
+from blogapi.errors import InvalidCredentials, InvalidInput, TooManyRequests
 from blogapi.users.models import User
 from blogapi.validation import is_utf8
 
@@ -21,7 +21,7 @@ def _storable(text: str) -> bool:
 
 
 async def log_in(database: Database, email: str, password: str, address: str, settings: Settings) -> User:
-    """The account for these credentials; Unauthorized or TooManyRequests otherwise.
+    """The account for these credentials; InvalidCredentials or TooManyRequests otherwise.
 
     Runs its own short transactions rather than the request's: a failure must be counted
     even though the request fails, and no connection is held during the Argon2 check.
@@ -48,4 +48,4 @@ async def log_in(database: Database, email: str, password: str, address: str, se
             await throttle.forget(session, throttle.account_bucket(email))
             return user
         await throttle.record_failure(session, list(limits), utcnow(), window)
-    raise Unauthorized("the email or password is incorrect")
+    raise InvalidCredentials("the email or password is incorrect")

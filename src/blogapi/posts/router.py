@@ -8,13 +8,13 @@ from blogapi import idempotency
 from blogapi.auth.dependencies import Caller, CurrentUser, current_user
 from blogapi.config import SettingsDep
 from blogapi.db import MAX_ID, DatabaseDep, SessionDep
-from blogapi.errors import error_responses
+from blogapi.errors import ProblemType, error_responses
 from blogapi.pagination import Page, PageDep
 from blogapi.posts import service
 from blogapi.posts.models import TITLE_MAX
 from blogapi.posts.schemas import PostCreate, PostRead, PostUpdate, TagName, TagRead
 from blogapi.preconditions import ETAG_HEADER, IfMatchHeader, etag
-from blogapi.validation import SINGLE_LINE
+from blogapi.validation import SINGLE_LINE, SingleLineInWords
 
 router = APIRouter(tags=["posts"])
 
@@ -25,7 +25,12 @@ PostId = Annotated[int, Path(ge=1, le=MAX_ID)]
     "/posts",
     status_code=status.HTTP_201_CREATED,
     response_model=PostRead,
-    responses={201: {"headers": idempotency.CREATED_HEADERS}, **error_responses(401, 413, 422)},
+    responses={
+        201: {"headers": idempotency.CREATED_HEADERS},
+        **error_responses(
+            401, ProblemType.IDEMPOTENCY_KEY_IN_USE, 413, 422, ProblemType.IDEMPOTENCY_KEY_REUSED
+        ),
+    },
 )
 async def create_post(
     data: PostCreate,
@@ -56,7 +61,7 @@ async def create_post(
         )
 
 
-@router.get("/posts", responses=error_responses(422))
+@router.get("/posts", responses=error_responses(422, ProblemType.INVALID_CURSOR))
 async def list_posts(
     database: DatabaseDep,
     page: PageDep,
@@ -65,6 +70,7 @@ async def list_posts(
     q: Annotated[
         str | None,
         Query(max_length=TITLE_MAX, pattern=SINGLE_LINE, description="Case-insensitive title filter."),
+        SingleLineInWords,
     ] = None,
 ) -> Page[PostRead]:
     async with database.read_engine.connect() as connection:
@@ -109,7 +115,7 @@ async def delete_post(
     await service.delete_post(session, post_id, me, if_match)
 
 
-@router.get("/tags", responses=error_responses(422))
+@router.get("/tags", responses=error_responses(422, ProblemType.INVALID_CURSOR))
 async def list_tags(database: DatabaseDep, page: PageDep) -> Page[TagRead]:
     async with database.read_engine.connect() as connection:
         return await service.list_tags(connection, page)

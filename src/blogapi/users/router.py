@@ -9,7 +9,7 @@ from blogapi import idempotency
 from blogapi.auth.dependencies import CurrentUser, OptionalViewer, Viewer
 from blogapi.config import SettingsDep
 from blogapi.db import MAX_ID, DatabaseDep, SessionDep
-from blogapi.errors import error_responses
+from blogapi.errors import ProblemType, error_responses
 from blogapi.pagination import Page, PageDep
 from blogapi.posts import service as posts_service
 from blogapi.posts.schemas import PostRead
@@ -17,7 +17,7 @@ from blogapi.preconditions import ETAG_HEADER, IfMatchHeader, etag
 from blogapi.users import service
 from blogapi.users.models import NAME_MAX
 from blogapi.users.schemas import UserCreate, UserRead, UserUpdate
-from blogapi.validation import SINGLE_LINE
+from blogapi.validation import SINGLE_LINE, SingleLineInWords
 
 
 class _UserIdConvertor(Convertor[str]):
@@ -41,7 +41,9 @@ router = APIRouter(prefix="/users", tags=["users"])
 
 UserId = Annotated[int, Path(ge=1, le=MAX_ID)]
 NameQuery = Annotated[
-    str | None, Query(max_length=NAME_MAX, pattern=SINGLE_LINE, description="Case-insensitive name filter.")
+    str | None,
+    Query(max_length=NAME_MAX, pattern=SINGLE_LINE, description="Case-insensitive name filter."),
+    SingleLineInWords,
 ]
 
 
@@ -49,7 +51,16 @@ NameQuery = Annotated[
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=UserRead,
-    responses={201: {"headers": idempotency.CREATED_HEADERS}, **error_responses(409, 413, 422)},
+    responses={
+        201: {"headers": idempotency.CREATED_HEADERS},
+        **error_responses(
+            ProblemType.EMAIL_TAKEN,
+            ProblemType.IDEMPOTENCY_KEY_IN_USE,
+            413,
+            422,
+            ProblemType.IDEMPOTENCY_KEY_REUSED,
+        ),
+    },
     summary="Sign up",
 )
 async def create_user(
@@ -88,7 +99,7 @@ async def read_me(me: Viewer, response: Response) -> UserRead:
     return service.to_read(me, viewer=me)
 
 
-@router.get("", responses=error_responses(401, 422))
+@router.get("", responses=error_responses(401, 422, ProblemType.INVALID_CURSOR))
 async def list_users(
     database: DatabaseDep, viewer: OptionalViewer, page: PageDep, q: NameQuery = None
 ) -> Page[UserRead]:
@@ -108,7 +119,10 @@ async def read_user(
 
 @router.patch(
     "/{user_id:user_id}",
-    responses={200: {"headers": ETAG_HEADER}, **error_responses(401, 403, 404, 409, 412, 413, 422)},
+    responses={
+        200: {"headers": ETAG_HEADER},
+        **error_responses(401, 403, 404, 409, ProblemType.EMAIL_TAKEN, 412, 413, 422),
+    },
 )
 async def update_user(
     user_id: UserId,
@@ -137,7 +151,7 @@ async def delete_user(
     await service.delete_user(session, user_id, me, if_match)
 
 
-@router.get("/{user_id:user_id}/posts", responses=error_responses(404, 422))
+@router.get("/{user_id:user_id}/posts", responses=error_responses(404, 422, ProblemType.INVALID_CURSOR))
 async def list_user_posts(user_id: UserId, database: DatabaseDep, page: PageDep) -> Page[PostRead]:
     async with database.read_engine.connect() as connection:
         return await posts_service.list_user_posts(connection, user_id, page)

@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 from pydantic.json_schema import SkipJsonSchema
 
 from blogapi.users.models import EMAIL_MAX, NAME_MAX
-from blogapi.validation import SINGLE_LINE, Encodable, PartialUpdate, StripSpaces
+from blogapi.validation import SINGLE_LINE, Encodable, PartialUpdate, SingleLineInWords, StripSpaces, in_words
 
 PASSWORD_MIN = 8
 PASSWORD_MAX = 128
@@ -17,6 +17,7 @@ Name = Annotated[
     StringConstraints(min_length=1, max_length=NAME_MAX, pattern=SINGLE_LINE),
     Encodable,
     StripSpaces,
+    SingleLineInWords,
 ]
 # Lower-cased so that Alice@Example.com and alice@example.com are one account.
 Email = Annotated[
@@ -28,12 +29,18 @@ Email = Annotated[
         pattern=r"^[^@\s\x00-\x1f\x7f-\x9f\uFEFF]+@[^@\s\x00-\x1f\x7f-\x9f\uFEFF.]+(\.[^@\s\x00-\x1f\x7f-\x9f\uFEFF.]+)+$",
     ),
     Encodable,
+    in_words("not a valid email address: one @, a domain with a dot, and no spaces or control characters"),
 ]
 Password = Annotated[str, StringConstraints(min_length=PASSWORD_MIN, max_length=PASSWORD_MAX), Encodable]
 
 
 class UserCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"name": "Ada Lovelace", "email": "ada@example.com", "password": "correct horse"}]
+        },
+    )
 
     name: Name
     email: Email
@@ -42,6 +49,8 @@ class UserCreate(BaseModel):
 
 class UserUpdate(PartialUpdate):
     """Only the fields sent are changed; none may be null."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"name": "Ada King"}]})
 
     name: Name | SkipJsonSchema[None] = None
     email: Email | SkipJsonSchema[None] = None

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from blogapi.auth.security import hash_password
 from blogapi.config import Settings
 from blogapi.db import LIKE_ESCAPE, AnyRow, AnySelect, escape_like, fold_for_search, violates
-from blogapi.errors import Conflict, Forbidden, NotFound
+from blogapi.errors import EmailTaken, Forbidden, NotFound
 from blogapi.pagination import Page, PageParams
 from blogapi.preconditions import require_match
 from blogapi.users.models import User
@@ -59,7 +59,7 @@ async def _flush_unique_email(session: AsyncSession) -> None:
         await session.flush()
     except IntegrityError as exc:
         if violates(exc, "uq_user_email"):
-            raise Conflict(EMAIL_TAKEN) from exc
+            raise EmailTaken(EMAIL_TAKEN) from exc
         raise
 
 

@@ -1,0 +1,141 @@
+"""The OpenAPI document: what a generated client and a reader of the docs rely on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TEST_SECRET
+
+from blogapi.config import Settings
+from blogapi.errors import PROBLEM_KINDS, ProblemType
+from blogapi.main import create_app
+
+PROBLEM = "application/problem+json"
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "problems.md"
+
+
+@pytest.fixture(scope="module")
+def document() -> dict[str, Any]:
+    # Building the document connects to nothing: one app, whatever the backend.
+    settings = Settings(database_url="sqlite+aiosqlite:///:memory:", secret_key=TEST_SECRET, _env_file=None)
+    return create_app(settings).openapi()
+
+
+def _operations(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        operation["operationId"]: operation
+        for path_item in document["paths"].values()
+        for operation in path_item.values()
+    }
+
+
+def _schema(document: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    name = reference["$ref"].removeprefix("#/components/schemas/")
+    schema: dict[str, Any] = document["components"]["schemas"][name]
+    return schema
+
+
+def test_operation_ids_are_the_endpoint_names(document: dict[str, Any]) -> None:
+    assert set(_operations(document)) == {
+        "create_user",
+        "read_me",
+        "list_users",
+        "read_user",
+        "update_user",
+        "delete_user",
+        "list_user_posts",
+        "create_post",
+        "list_posts",
+        "read_post",
+        "update_post",
+        "delete_post",
+        "list_tags",
+        "issue_token",
+        "live",
+        "ready",
+    }
+
+
+def test_reads_that_take_an_optional_token_declare_anonymous_access(document: dict[str, Any]) -> None:
+    operations = _operations(document)
+    for name in ("list_users", "read_user"):
+        assert operations[name]["security"] == [{}, {"OAuth2PasswordBearer": []}], name
+    for name in ("read_me", "update_user", "delete_user", "create_post", "update_post", "delete_post"):
+        assert operations[name]["security"] == [{"OAuth2PasswordBearer": []}], name
+    for name in ("list_posts", "read_post", "list_tags", "list_user_posts", "create_user", "issue_token"):
+        assert "security" not in operations[name], name
+
+
+def test_every_request_body_has_an_example(document: dict[str, Any]) -> None:
+    bodies = 0
+    for name, operation in _operations(document).items():
+        for media_type in operation.get("requestBody", {}).get("content", {}).values():
+            bodies += 1
+            examples = _schema(document, media_type["schema"]).get("examples")
+            assert examples, name
+    assert bodies == 5  # sign-up, login, create and update a user and a post
+
+
+def test_every_error_status_has_examples_of_its_kinds(document: dict[str, Any]) -> None:
+    for name, operation in _operations(document).items():
+        for status, response in operation["responses"].items():
+            if int(status) < 400:
+                continue
+            media_type = response["content"][PROBLEM]
+            assert media_type["schema"] == {"$ref": "#/components/schemas/Problem"}
+            assert media_type["examples"], (name, status)
+            for example in media_type["examples"].values():
+                problem = example["value"]
+                assert problem["status"] == int(status), (name, status)
+                assert PROBLEM_KINDS[ProblemType(problem["type"])].status == int(status)
+
+
+def test_specific_kinds_are_documented_where_they_happen(document: dict[str, Any]) -> None:
+    operations = _operations(document)
+
+    def kinds(name: str, status: str) -> set[str]:
+        examples = operations[name]["responses"][status]["content"][PROBLEM]["examples"]
+        return {example["value"]["type"] for example in examples.values()}
+
+    assert ProblemType.EMAIL_TAKEN in kinds("create_user", "409")
+    assert ProblemType.IDEMPOTENCY_KEY_REUSED in kinds("create_post", "422")
+    assert ProblemType.INVALID_CURSOR in kinds("list_posts", "422")
+    assert ProblemType.PRECONDITION_FAILED in kinds("update_post", "412")
+    assert kinds("issue_token", "401") == {ProblemType.INVALID_CREDENTIALS}
+    assert kinds("read_me", "401") == {ProblemType.UNAUTHORIZED}
+
+
+def test_responses_declare_the_headers_they_send(document: dict[str, Any]) -> None:
+    for name, operation in _operations(document).items():
+        for status, response in operation["responses"].items():
+            headers = set(response.get("headers", {}))
+            if status == "401":
+                assert "WWW-Authenticate" in headers, name
+            if status in ("429", "503"):
+                assert "Retry-After" in headers, (name, status)
+    operations = _operations(document)
+    for name in ("create_user", "create_post"):
+        assert set(operations[name]["responses"]["201"]["headers"]) == {
+            "Location",
+            "ETag",
+            "Idempotent-Replayed",
+        }
+    for name in ("read_me", "read_user", "update_user", "read_post", "update_post"):
+        assert "ETag" in operations[name]["responses"]["200"]["headers"], name
+
+
+def test_the_login_form_describes_username_as_the_email(document: dict[str, Any]) -> None:
+    body = _operations(document)["issue_token"]["requestBody"]["content"]["application/x-www-form-urlencoded"]
+    username = _schema(document, body["schema"])["properties"]["username"]
+    assert "email" in username["description"]
+
+
+def test_every_problem_type_is_documented_in_the_schema_and_in_docs(document: dict[str, Any]) -> None:
+    described = document["components"]["schemas"]["Problem"]["properties"]["type"]["description"]
+    documented = DOCS.read_text()
+    for problem_type in ProblemType:
+        assert f"`{problem_type.value}`" in described
+        assert f"`{problem_type.value}`" in documented, f"docs/problems.md lacks {problem_type}"
+    assert "type" in document["components"]["schemas"]["Problem"]["required"]
