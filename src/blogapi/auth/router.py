@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel
 
@@ -26,6 +26,7 @@ class Token(BaseModel):
 async def issue_token(
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
     request: Request,
+    response: Response,
     database: DatabaseDep,
     settings: SettingsDep,
 ) -> Token:
@@ -43,4 +44,7 @@ async def issue_token(
         secret=settings.secret_key.get_secret_value(),
         lifetime=lifetime,
     )
+    # A token is a credential: no cache may keep it (RFC 6749 5.1).
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
     return Token(access_token=token, expires_in=int(lifetime.total_seconds()))
