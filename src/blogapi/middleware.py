@@ -38,7 +38,7 @@ class BodySizeLimit:
                     response = problem_response(
                         413,
                         f"request body exceeds {self.limit} bytes",
-                        headers={NOSNIFF[0].decode(): "nosniff"},
+                        headers={"X-Content-Type-Options": "nosniff"},
                     )
                     await response(scope, receive, send)
                     return
@@ -66,7 +66,7 @@ class RetryTransientErrors:
     it in the request state, and this middleware discards that response and replays the
     request body into a fresh attempt, a bounded number of times with jitter.
 
-    Every response but a 500 (see `errors._unexpected_error`) and an early 413 passes its
+    Every response but a 500 (see `errors._server_error`) and an early 413 passes its
     `send`, which is why it also does, at no extra layer's cost: `X-Content-Type-Options:
     nosniff` on each response, and HEAD, answered by the GET route with its headers
     (Content-Length, ETag) and without its body (RFC 9110 9.3.2).
