@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 RETRY_AFTER_SECONDS = "1"
+# A 422 lists this many field errors at most, and counts the rest: each costs the client
+# nothing to send (an unknown key is a few bytes) but the server work to report.
+ERRORS_LISTED_MAX = 100
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))  # RFC 9110 9.2.1: they change nothing
 
@@ -184,6 +187,8 @@ class Problem(BaseModel):
     status: int
     detail: str
     errors: list[FieldError] | None = None
+    errors_omitted: int | None = None
+    """How many more field errors the request had than `errors` lists (at most ERRORS_LISTED_MAX)."""
 
 
 class DomainError(Exception):
@@ -281,10 +286,18 @@ def problem_response(
     headers: Mapping[str, str] | None = None,
     errors: list[FieldError] | None = None,
     problem_type: ProblemType | None = None,
+    errors_omitted: int | None = None,
 ) -> JSONResponse:
     """A problem+json response; `problem_type` defaults to the general kind of `status`."""
     kind: str = problem_type or _KIND_OF_STATUS.get(status) or "about:blank"
-    problem = Problem(type=kind, title=HTTPStatus(status).phrase, status=status, detail=detail, errors=errors)
+    problem = Problem(
+        type=kind,
+        title=HTTPStatus(status).phrase,
+        status=status,
+        detail=detail,
+        errors=errors,
+        errors_omitted=errors_omitted,
+    )
     return JSONResponse(
         problem.model_dump(exclude_none=True),
         status_code=status,
@@ -306,9 +319,10 @@ async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    if exc.status_code == HTTPStatus.BAD_REQUEST and isinstance(exc.__cause__, UnicodeDecodeError):
-        # FastAPI answers 400 to a JSON body that is not UTF-8 (422 to one that is not JSON).
-        error = FieldError(loc=["body"], msg="JSON decode error: the body is not UTF-8", type="json_invalid")
+    if exc.status_code == HTTPStatus.BAD_REQUEST and (msg := _unparsable_json(exc.__cause__)):
+        # FastAPI answers 400 to a JSON body it cannot decode for other reasons than syntax
+        # (422 to one that is not JSON): it is malformed JSON all the same.
+        error = FieldError(loc=["body"], msg=f"JSON decode error: {msg}", type="json_invalid")
         return problem_response(HTTPStatus.UNPROCESSABLE_ENTITY, "the request is not valid", errors=[error])
     headers = dict(exc.headers or {})
     if exc.status_code == HTTPStatus.METHOD_NOT_ALLOWED:
@@ -322,8 +336,21 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
                 for route in request.app.router.routes
             )
         }
+        if "GET" in allowed:  # answered by the GET route (middleware.RetryTransientErrors)
+            allowed.add("HEAD")
         headers["Allow"] = ", ".join(sorted(allowed))
     return problem_response(exc.status_code, str(exc.detail), headers=headers)
+
+
+def _unparsable_json(cause: BaseException | None) -> str | None:
+    """Why `json.loads` refused a body, for the errors FastAPI does not report as 422."""
+    if isinstance(cause, UnicodeDecodeError):
+        return "the body is not UTF-8"
+    if isinstance(cause, RecursionError):
+        return "the body is nested too deeply"
+    if isinstance(cause, ValueError) and "integer string conversion" in str(cause):
+        return "a number has too many digits"  # over Python's limit (sys.get_int_max_str_digits)
+    return None
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -331,16 +358,30 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     # Pydantic's errors carry the submitted value ("input"), for a missing field the whole
     # body, password included: only where and what is reported, never the value.
     errors: list[FieldError] = []
+    seen: set[tuple[tuple[str | int, ...], str, str]] = set()
+    omitted = 0
     for error in exc.errors():
         # A PATCH field is `T | None` (None meaning "not sent"): pydantic reports which
         # union member failed, and that None did not fit either. The client needs neither.
         if error["type"] == "none_required":
             continue
-        loc = [part for part in error["loc"] if isinstance(part, int) or not _is_union_member(part)]
-        field_error = FieldError(loc=loc, msg=error["msg"], type=error["type"])
-        if field_error not in errors:
-            errors.append(field_error)
-    return problem_response(HTTPStatus.UNPROCESSABLE_ENTITY, "the request is not valid", errors=errors)
+        loc = tuple(part for part in error["loc"] if isinstance(part, int) or not _is_union_member(part))
+        # A set, not a scan of the list: a body of thousands of unknown keys is thousands
+        # of errors, and the cost of a request must stay linear in its size.
+        key = (loc, error["msg"], error["type"])
+        if key in seen:
+            continue
+        seen.add(key)
+        if len(errors) < ERRORS_LISTED_MAX:
+            errors.append(FieldError(loc=list(loc), msg=error["msg"], type=error["type"]))
+        else:
+            omitted += 1
+    return problem_response(
+        HTTPStatus.UNPROCESSABLE_ENTITY,
+        "the request is not valid",
+        errors=errors,
+        errors_omitted=omitted or None,
+    )
 
 
 def _is_union_member(part: str) -> bool:
@@ -491,6 +532,13 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(HTTPStatus.INTERNAL_SERVER_ERROR, "an unexpected error occurred")
 
 
+async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+    # Starlette's outermost layer sends this one, past every middleware of ours.
+    response = await _unexpected_error(request, exc)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
 def install_error_handlers(app: FastAPI) -> None:
     handlers: dict[type[Exception], Any] = {
         DomainError: _domain_error,
@@ -502,7 +550,7 @@ def install_error_handlers(app: FastAPI) -> None:
         sa_exc.DBAPIError: _database_unavailable,
         StaleDataError: _stale_data,
         OSError: _connection_error,
-        Exception: _unexpected_error,
+        Exception: _server_error,
     }
     for exc_class, handler in handlers.items():
         app.add_exception_handler(exc_class, handler)

@@ -8,7 +8,6 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.security.base import SecurityBase
@@ -19,12 +18,18 @@ from blogapi.config import Settings, get_settings
 from blogapi.db import Database
 from blogapi.docs import install_docs
 from blogapi.errors import PROBLEM_MEDIA_TYPE, error_responses, install_error_handlers
-from blogapi.middleware import BodySizeLimit, RetryTransientErrors
+from blogapi.middleware import BodySizeLimit, ProblemCORSMiddleware, RetryTransientErrors
 from blogapi.pagination import CursorCodec
 from blogapi.posts.router import router as posts_router
 from blogapi.users.router import router as users_router
 
 API_PREFIX = "/api/v1"
+
+# Every header the API defines beyond the CORS-safelisted ones, by the way it travels: a
+# browser page may send the request headers (preflights allow them) and read the response
+# headers (exposed). A test checks this against the OpenAPI document.
+REQUEST_HEADERS = ("Authorization", "Content-Type", "If-Match", "If-None-Match", "Idempotency-Key")
+RESPONSE_HEADERS = ("ETag", "Location", "Retry-After", "Idempotent-Replayed", "WWW-Authenticate", "Allow")
 
 
 def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
@@ -57,6 +62,10 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         redoc_url=None,
         generate_unique_id_function=_operation_id,
     )
+    # No redirect from `/posts/` to `/posts`: Starlette builds it from the Host header (an
+    # absolute URL to wherever the client says), and a client should use the paths the
+    # document gives. A trailing slash is a 404.
+    app.router.redirect_slashes = False
     app.state.settings = settings
     app.state.cursor_codec = CursorCodec(settings.secret_key.get_secret_value().encode())
 
@@ -70,11 +79,11 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
 
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware,
+            ProblemCORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "PATCH", "DELETE"],
-            allow_headers=["Authorization", "Content-Type"],
-            expose_headers=["Location"],
+            allow_methods=["GET", "HEAD", "POST", "PATCH", "DELETE"],
+            allow_headers=REQUEST_HEADERS,
+            expose_headers=RESPONSE_HEADERS,
         )
     app.add_middleware(RetryTransientErrors)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)

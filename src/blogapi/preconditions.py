@@ -1,10 +1,11 @@
-"""Optimistic concurrency over HTTP: versions as strong ETags, checked against If-Match."""
+"""Versions as strong ETags: If-Match for optimistic concurrency, If-None-Match for conditional reads."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from http import HTTPStatus
+from typing import Annotated, Any
 
-from fastapi import Header
+from fastapi import Header, Response
 
 from blogapi.errors import PreconditionFailed
 
@@ -17,6 +18,15 @@ IfMatchHeader = Annotated[
             "The ETag from a GET: the change is made only if the resource is still at that version"
             " (412 otherwise). Without If-Match the change is made unconditionally."
         ),
+    ),
+]
+
+IfNoneMatchHeader = Annotated[
+    str | None,
+    Header(
+        alias="If-None-Match",
+        max_length=1024,
+        description="ETags from earlier GETs: 304 without a body if one is the current version.",
     ),
 ]
 
@@ -37,3 +47,27 @@ def require_match(if_match: str | None, version: int) -> None:
     tags = {tag.strip() for tag in if_match.split(",")}
     if "*" not in tags and etag(version) not in tags:
         raise PreconditionFailed("the resource has changed since you read it; GET it again")
+
+
+def not_modified(if_none_match: str | None, version: int) -> bool:
+    """Whether If-None-Match names this version, or is `*`: a GET then answers 304.
+
+    If-None-Match uses the weak comparison (RFC 9110 13.1.2): W/"3" matches "3".
+    """
+    if if_none_match is None:
+        return False
+    current = etag(version)
+    for tag in if_none_match.split(","):
+        tag = tag.strip().removeprefix("W/")
+        if tag in ("*", current):
+            return True
+    return False
+
+
+def not_modified_response(version: int) -> Response:
+    return Response(status_code=HTTPStatus.NOT_MODIFIED, headers={"ETag": etag(version)})
+
+
+NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
+    304: {"description": "Not Modified: If-None-Match names the current version.", "headers": ETAG_HEADER}
+}

@@ -71,6 +71,18 @@ async def test_login_returns_a_bearer_token_with_its_lifetime(
     assert body["access_token"]
 
 
+async def test_a_token_response_may_not_be_stored_by_any_cache(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    account = await accounts.create()
+
+    response = await client.post(TOKEN, data={"username": account.email, "password": PASSWORD})
+
+    assert response.status_code == 200, response.text
+    assert response.headers["cache-control"] == "no-store"  # RFC 6749 5.1
+    assert response.headers["pragma"] == "no-cache"
+
+
 async def test_the_issued_token_names_the_user_and_expires_after_expires_in(
     client: httpx.AsyncClient, accounts: Accounts, settings: Settings
 ) -> None:

@@ -16,9 +16,12 @@ from typing import Any
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 from conftest import PASSWORD, Account, Accounts, assert_problem
 
 from blogapi.config import Settings
+from blogapi.db import Database
+from blogapi.main import create_app
 
 API = "/api/v1"
 PROBLEM = "application/problem+json"
@@ -212,8 +215,34 @@ async def test_deeply_nested_json_is_a_client_error_and_the_server_carries_on(
     response = await subject.send_with(target, target.text_field, value)
     assert response.request.headers["content-length"] == str(len(response.request.content))
     assert len(response.request.content) < settings.max_body_bytes
-    await assert_refused_and_unchanged(subject, before, response, 400, 422)
+    await assert_refused_and_unchanged(subject, before, response, 422)
     await assert_still_serving(subject, target)
+
+
+@pytest.mark.parametrize("kind", ["arrays", "objects"])
+async def test_json_nested_100000_deep_is_a_422_problem_at_the_default_body_limit(
+    settings: Settings, database: Database, kind: str
+) -> None:
+    app = create_app(
+        settings.model_copy(update={"max_body_bytes": Settings.model_fields["max_body_bytes"].default}),
+        database,
+    )
+    depth = 100_000
+    value = "[" * depth + "]" * depth if kind == "arrays" else '{"a":' * depth + "1" + "}" * depth
+    body = f'{{"name": {value}, "email": "nia@example.com", "password": "{PASSWORD}"}}'.encode()
+    assert len(body) < app.state.settings.max_body_bytes
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            response = await client.post(
+                f"{API}/users", content=body, headers={"Content-Type": "application/json"}
+            )
+            users = await client.get(f"{API}/users")
+    problem = assert_problem(response, 422)
+    assert problem["errors"] == [
+        {"loc": ["body"], "msg": "JSON decode error: the body is nested too deeply", "type": "json_invalid"}
+    ]
+    assert users.json()["items"] == []
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=target_ids)
@@ -258,8 +287,34 @@ async def test_an_integer_too_long_to_parse_is_a_client_error(subject: Subject) 
     target = TARGETS[0]  # create-post
     before = await subject.state()
     response = await subject.send_with(target, "title", "9" * 5_000)
-    await assert_refused_and_unchanged(subject, before, response, 400, 422)
+    await assert_refused_and_unchanged(subject, before, response, 422)
+    assert response.json()["errors"] == [
+        {"loc": ["body"], "msg": "JSON decode error: a number has too many digits", "type": "json_invalid"}
+    ]
     await assert_still_serving(subject, target)
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=target_ids)
+async def test_a_422_lists_at_most_100_errors_and_counts_the_rest(subject: Subject, target: Target) -> None:
+    before = await subject.state()
+    payload = {**subject.valid(target), **{f"unknown{number}": 0 for number in range(1_000)}}
+    response = await subject.send_json(target, payload)
+    await assert_refused_and_unchanged(subject, before, response, 422)
+    problem = response.json()
+    assert len(problem["errors"]) == 100
+    assert problem["errors_omitted"] == 900
+    assert problem["errors"][0] == {
+        "loc": ["body", "unknown0"],
+        "msg": "Extra inputs are not permitted",
+        "type": "extra_forbidden",
+    }
+
+
+async def test_a_422_with_few_errors_lists_them_all_and_omits_no_count(subject: Subject) -> None:
+    response = await subject.send_json(TARGETS[0], {"title": "", "body": 1, "tags": "x"})
+    problem = assert_problem(response, 422)
+    assert len(problem["errors"]) == 3
+    assert "errors_omitted" not in problem
 
 
 WRONG_TAGS = {

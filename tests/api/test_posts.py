@@ -231,8 +231,8 @@ async def test_posts_share_an_existing_tag(client: httpx.AsyncClient, accounts: 
 
 @pytest.mark.parametrize(
     "tag",
-    ["bad tag!", "", "a" * 33, "under_score", "ünï", "dot.ted"],
-    ids=["space-bang", "empty", "33-chars", "underscore", "non-ascii", "dot"],
+    ["bad tag!", "", "a" * 33, "comma,tag", "slash/tag", "---", "🙂"],
+    ids=["space-bang", "empty", "33-chars", "comma", "slash", "punctuation-only", "emoji"],
 )
 async def test_an_invalid_tag_is_rejected(client: httpx.AsyncClient, accounts: Accounts, tag: str) -> None:
     ann = await accounts.create()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 import httpx
@@ -148,3 +149,98 @@ async def test_a_tag_is_reused_after_it_fell_out_of_use(
 @pytest.mark.parametrize("limit", [0, 101, -1])
 async def test_an_out_of_range_limit_on_tags_is_422(client: httpx.AsyncClient, limit: int) -> None:
     assert_problem(await client.get(f"{API}/tags", params={"limit": limit}), 422)
+
+
+# --- what a tag may be ---------------------------------------------------------------------------
+
+TAGGED_AS = {
+    "café": "café",
+    "c++": "c++",
+    "node.js": "node.js",
+    "C#": "c#",
+    "machine_learning": "machine_learning",
+    "Программирование": "программирование",
+    "機械学習": "機械学習",
+    "हिन्दी": "हिन्दी",
+}
+
+
+@pytest.mark.parametrize(("sent", "stored"), TAGGED_AS.items(), ids=TAGGED_AS.values())
+async def test_tags_people_use_are_accepted_stored_and_filtered_by(
+    client: httpx.AsyncClient, accounts: Accounts, sent: str, stored: str
+) -> None:
+    ann = await accounts.create()
+    post_id = await create_post(client, ann, [sent, "plain"])
+    read = await client.get(f"{API}/posts/{post_id}")
+    assert read.json()["tags"] == sorted([stored, "plain"])
+    assert counts(await list_tags(client)) == sorted([(stored, 1), ("plain", 1)])
+    for query in (sent, stored):
+        found = await client.get(f"{API}/posts", params={"tag": query})
+        assert [post["id"] for post in found.json()["items"]] == [post_id], query
+
+
+async def test_a_tag_with_url_reserved_characters_filters_when_percent_encoded(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    ann = await accounts.create()
+    cpp = await create_post(client, ann, ["c++"])
+    csharp = await create_post(client, ann, ["c#"])
+    await create_post(client, ann, ["c"])
+    for raw_query, post_id in (("tag=c%2B%2B", cpp), ("tag=C%23", csharp)):
+        found = await client.get(f"{API}/posts?{raw_query}")
+        assert found.status_code == 200, found.text
+        assert [post["id"] for post in found.json()["items"]] == [post_id], raw_query
+
+
+async def test_tags_differing_in_case_or_unicode_form_are_one_tag(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    ann = await accounts.create()
+    composed = unicodedata.normalize("NFC", "Café")
+    decomposed = unicodedata.normalize("NFD", "café")
+    assert composed.lower() != decomposed
+    first = await create_post(client, ann, [composed, decomposed])
+    await create_post(client, ann, ["CAFÉ"])
+    assert counts(await list_tags(client)) == [("café", 2)]
+    read = await client.get(f"{API}/posts/{first}")
+    assert read.json()["tags"] == ["café"]
+    found = await client.get(f"{API}/posts", params={"tag": decomposed})
+    assert len(found.json()["items"]) == 2
+
+
+async def test_a_tag_is_limited_to_32_characters_not_bytes(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    ann = await accounts.create()
+    # 32 characters, of 3 bytes each in UTF-8; the decomposed "é" counts once.
+    longest = ["字" * 32, unicodedata.normalize("NFD", "é") * 32]
+    post_id = await create_post(client, ann, longest)
+    read = await client.get(f"{API}/posts/{post_id}")
+    assert read.json()["tags"] == sorted(["字" * 32, "é" * 32])
+    response = await client.post(
+        f"{API}/posts", json={"title": "t", "tags": ["字" * 33]}, headers=ann.headers
+    )
+    assert_problem(response, 422)
+
+
+async def test_twenty_of_the_longest_non_latin_tags_are_read_back_whole(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    ann = await accounts.create()
+    tags = sorted(f"{chr(0x4E00 + number)}" * 32 for number in range(20))
+    post_id = await create_post(client, ann, tags)
+    assert (await client.get(f"{API}/posts/{post_id}")).json()["tags"] == tags
+    listed = await client.get(f"{API}/posts", params={"tag": tags[-1]})
+    assert listed.json()["items"][0]["tags"] == tags
+
+
+async def test_tags_are_in_the_same_order_after_a_patch_as_after_a_get(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    ann = await accounts.create()
+    post_id = await create_post(client, ann, ["x"])
+    tags = list(TAGGED_AS)
+    patched = await client.patch(f"{API}/posts/{post_id}", json={"tags": tags}, headers=ann.headers)
+    assert patched.status_code == 200, patched.text
+    read = await client.get(f"{API}/posts/{post_id}")
+    assert patched.json()["tags"] == read.json()["tags"] == sorted(TAGGED_AS.values())

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from blogapi.auth import service
@@ -48,6 +48,7 @@ class LoginForm(BaseModel):
 async def issue_token(
     form: Annotated[LoginForm, Form()],
     request: Request,
+    response: Response,
     database: DatabaseDep,
     settings: SettingsDep,
 ) -> Token:
@@ -65,4 +66,7 @@ async def issue_token(
         secret=settings.secret_key.get_secret_value(),
         lifetime=lifetime,
     )
+    # A token is a credential: no cache may keep it (RFC 6749 5.1).
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
     return Token(access_token=token, expires_in=int(lifetime.total_seconds()))

@@ -13,7 +13,15 @@ from blogapi.pagination import Page, PageDep
 from blogapi.posts import service
 from blogapi.posts.models import TITLE_MAX
 from blogapi.posts.schemas import PostCreate, PostRead, PostUpdate, TagName, TagRead
-from blogapi.preconditions import ETAG_HEADER, IfMatchHeader, etag
+from blogapi.preconditions import (
+    ETAG_HEADER,
+    NOT_MODIFIED,
+    IfMatchHeader,
+    IfNoneMatchHeader,
+    etag,
+    not_modified,
+    not_modified_response,
+)
 from blogapi.validation import SINGLE_LINE, SingleLineInWords
 
 router = APIRouter(tags=["posts"])
@@ -77,10 +85,18 @@ async def list_posts(
         return await service.list_posts(connection, page, author_id=author_id, tag=tag, title_contains=q)
 
 
-@router.get("/posts/{post_id}", responses={200: {"headers": ETAG_HEADER}, **error_responses(404, 422)})
-async def read_post(post_id: PostId, database: DatabaseDep, response: Response) -> PostRead:
+@router.get(
+    "/posts/{post_id}",
+    response_model=PostRead,
+    responses={200: {"headers": ETAG_HEADER}, **NOT_MODIFIED, **error_responses(404, 422)},
+)
+async def read_post(
+    post_id: PostId, database: DatabaseDep, response: Response, if_none_match: IfNoneMatchHeader = None
+) -> PostRead | Response:
     async with database.read_engine.connect() as connection:
         view = await service.read_post(connection, post_id)
+    if not_modified(if_none_match, view.version):
+        return not_modified_response(view.version)
     response.headers["ETag"] = etag(view.version)
     return view.post
 

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 from pydantic.json_schema import SkipJsonSchema
 
 from blogapi.posts.models import BODY_MAX, TAG_MAX, TAGS_PER_POST_MAX, TITLE_MAX
@@ -27,10 +28,28 @@ Title = Annotated[
     SingleLineInWords,
 ]
 Body = Annotated[str, StringConstraints(max_length=BODY_MAX, pattern=MULTI_LINE), Encodable, MultiLineInWords]
+# Letters (with their combining marks) and digits of any script, and `-_.+#` (`c++`, `C#`,
+# `node.js`, `machine_learning`), with at least one letter or digit. Never a comma: a post's
+# tags are read back joined by commas (posts/service.py).
+TAG_PATTERN = r"^[\p{L}\p{M}\p{N}_.+#-]*[\p{L}\p{N}][\p{L}\p{M}\p{N}_.+#-]*$"
+
+
+def _normalize_tag(value: object) -> object:
+    # One tag, one spelling: composed (NFC, so an NFD "café" is the same tag and its length
+    # counts characters as written) and lower-cased (tags are case-insensitive; the column
+    # compares bytes on every backend). Lower-casing can decompose ("İ"): NFC once more.
+    if isinstance(value, str):
+        return unicodedata.normalize("NFC", unicodedata.normalize("NFC", value).lower())
+    return value
+
+
 TagName = Annotated[
     str,
-    StringConstraints(to_lower=True, min_length=1, max_length=TAG_MAX, pattern=r"^[A-Za-z0-9-]+$"),
-    in_words("may hold only letters, digits and hyphens"),
+    StringConstraints(min_length=1, max_length=TAG_MAX, pattern=TAG_PATTERN),
+    BeforeValidator(_normalize_tag),
+    in_words(
+        "may hold only letters and digits (any script) and - _ . + #, with at least one letter or digit"
+    ),
 ]
 
 
@@ -40,7 +59,7 @@ def _distinct_sorted(names: list[str]) -> list[str]:
 
 TagNames = Annotated[
     list[TagName],
-    Field(max_length=TAGS_PER_POST_MAX, description="Lower-cased; duplicates collapse."),
+    Field(max_length=TAGS_PER_POST_MAX, description="Lower-cased and NFC-normalised; duplicates collapse."),
     AfterValidator(_distinct_sorted),
 ]
 

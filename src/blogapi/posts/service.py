@@ -84,7 +84,7 @@ def to_read(post: Post) -> PostRead:
         title=post.title,
         body=post.body,
         author=Author(id=post.author.id, name=post.author.name),
-        tags=[tag.name for tag in post.tags],
+        tags=sorted(tag.name for tag in post.tags),  # as reads do: code point order, whatever the collation
         created_at=post.created_at,
         updated_at=post.updated_at,
     )

@@ -13,7 +13,15 @@ from blogapi.errors import ProblemType, error_responses
 from blogapi.pagination import Page, PageDep
 from blogapi.posts import service as posts_service
 from blogapi.posts.schemas import PostRead
-from blogapi.preconditions import ETAG_HEADER, IfMatchHeader, etag
+from blogapi.preconditions import (
+    ETAG_HEADER,
+    NOT_MODIFIED,
+    IfMatchHeader,
+    IfNoneMatchHeader,
+    etag,
+    not_modified,
+    not_modified_response,
+)
 from blogapi.users import service
 from blogapi.users.models import NAME_MAX
 from blogapi.users.schemas import UserCreate, UserRead, UserUpdate
@@ -107,12 +115,22 @@ async def list_users(
         return await service.list_users(connection, page, viewer, q)
 
 
-@router.get("/{user_id:user_id}", responses={200: {"headers": ETAG_HEADER}, **error_responses(401, 404, 422)})
+@router.get(
+    "/{user_id:user_id}",
+    response_model=UserRead,
+    responses={200: {"headers": ETAG_HEADER}, **NOT_MODIFIED, **error_responses(401, 404, 422)},
+)
 async def read_user(
-    user_id: UserId, database: DatabaseDep, viewer: OptionalViewer, response: Response
-) -> UserRead:
+    user_id: UserId,
+    database: DatabaseDep,
+    viewer: OptionalViewer,
+    response: Response,
+    if_none_match: IfNoneMatchHeader = None,
+) -> UserRead | Response:
     async with database.read_engine.connect() as connection:
         user = await service.read_user(connection, user_id)
+    if not_modified(if_none_match, user.version):
+        return not_modified_response(user.version)
     response.headers["ETag"] = etag(user.version)
     return service.to_read(user, viewer)
 
