@@ -50,11 +50,24 @@ class TokenSubject:
     user_id: int
     token_version: int
     """The user's token_version when the token was issued; a password change moves it on."""
+    authenticated_at: int = 0
+    """When the password was last checked (epoch seconds; 0 if the token does not say)."""
+
+    def authenticated_since(self, moment: datetime) -> bool:
+        return self.authenticated_at >= moment.timestamp()
 
 
 def create_access_token(subject: TokenSubject, *, secret: str, lifetime: timedelta) -> str:
+    """A token for `subject`, whose password was checked just now (a login issues it)."""
     now = datetime.now(UTC)
-    claims = {"sub": str(subject.user_id), "ver": subject.token_version, "iat": now, "exp": now + lifetime}
+    claims = {
+        "sub": str(subject.user_id),
+        "ver": subject.token_version,
+        "iat": now,
+        "exp": now + lifetime,
+        # OpenID Connect's name: the login time, which proves a recent authentication.
+        "auth_time": int(now.timestamp()),
+    }
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
@@ -96,6 +109,8 @@ def read_access_token(token: str, *, secret: str) -> TokenSubject | None:
         return None
     if not (1 <= user_id <= MAX_ID and isinstance(version, int)):
         return None
-    subject = TokenSubject(user_id, version)
+    # Optional: a token issued before the claim existed is valid, but proves no recent login.
+    authenticated_at = claims.get("auth_time", 0)
+    subject = TokenSubject(user_id, version, authenticated_at if isinstance(authenticated_at, int) else 0)
     _verified[secret, token] = _Verified(subject, expires_at)
     return subject
