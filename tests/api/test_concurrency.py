@@ -16,6 +16,7 @@ from sqlalchemy import delete, event, func, select, update
 from sqlalchemy.exc import OperationalError
 
 from blogapi import idempotency
+from blogapi.auth import dependencies as auth_dependencies
 from blogapi.auth.security import hash_password
 from blogapi.db import Database, utcnow
 from blogapi.idempotency import IdempotencyRecord
@@ -769,7 +770,7 @@ async def test_a_post_whose_author_is_deleted_meanwhile_is_401_on_every_backend(
         # deletion can only come before it.
         await delete_ann()
     else:
-        found = router_module.current_user
+        found = auth_dependencies.current_user
 
         async def found_then_deleted(connection: Any, caller: Any) -> Any:
             me = await found(connection, caller)
