@@ -211,3 +211,23 @@ async def test_concurrent_password_changes_leave_connections_for_other_requests(
     responses: list[Any] = await asyncio.gather(*changes)
     assert [response.status_code for response in responses] == [200] * len(people)
     assert checked_out == [0] * len(people)
+
+
+async def test_a_revoked_token_changing_a_password_is_401_and_costs_no_hash(
+    client: httpx.AsyncClient, accounts: Accounts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ann = await accounts.create()
+    changed = await client.patch(f"{USERS}/{ann.id}", json={"password": NEW_PASSWORD}, headers=ann.headers)
+    assert changed.status_code == 200, changed.text
+    hashed: list[str] = []
+
+    async def counting_hash(password: str, *, concurrency: int) -> str:
+        hashed.append(password)
+        return await hash_password(password, concurrency=concurrency)
+
+    monkeypatch.setattr("blogapi.users.service.hash_password", counting_hash)
+    response = await client.patch(
+        f"{USERS}/{ann.id}", json={"password": "yet another one"}, headers=ann.headers
+    )
+    assert_problem(response, 401)
+    assert hashed == []

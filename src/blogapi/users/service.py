@@ -15,7 +15,7 @@ from blogapi.auth import throttle
 from blogapi.auth.security import TokenSubject, hash_password
 from blogapi.config import Settings
 from blogapi.db import LIKE_ESCAPE, AnyRow, AnySelect, Database, escape_like, utcnow, violates
-from blogapi.errors import Conflict, Forbidden, NotFound
+from blogapi.errors import Conflict, Forbidden, NotFound, Unauthorized
 from blogapi.pagination import Page, PageParams
 from blogapi.preconditions import require_match
 from blogapi.users.models import User
@@ -40,7 +40,6 @@ _USER_COLUMNS: AnySelect = select(
     User.token_version,
 )
 _USER_BY_ID = _USER_COLUMNS.where(User.id == bindparam("user_id"))
-_EMAIL_BY_ID = select(User.email).where(User.id == bindparam("user_id"))
 
 
 def can_manage(actor: Account | None, user: Account) -> bool:
@@ -158,20 +157,6 @@ RECENT_LOGIN_REQUIRED = (
 )
 
 
-async def _require_proof_of_login(
-    database: Database, caller: TokenSubject, current_password: str | None, address: str, settings: Settings
-) -> None:
-    """A stolen token alone must not take the account over: a recent login, or the password."""
-    if caller.authenticated_since(utcnow() - timedelta(minutes=settings.recent_login_minutes)):
-        return
-    if current_password is None:
-        raise Forbidden(RECENT_LOGIN_REQUIRED.format(minutes=settings.recent_login_minutes))
-    async with database.read_engine.connect() as connection:
-        email = await connection.scalar(_EMAIL_BY_ID, {"user_id": caller.user_id})
-    if email is not None:  # else the caller no longer exists, and their request fails with 401
-        await auth_service.confirm_password(database, email, current_password, address, settings)
-
-
 async def prepare_update(
     database: Database, caller: TokenSubject, user_id: int, data: UserUpdate, address: str, settings: Settings
 ) -> str | None:
@@ -179,10 +164,24 @@ async def prepare_update(
 
     Before the request's transaction takes a connection: the Argon2 work (tens of
     milliseconds in a thread) must not hold a pooled connection and the user's row lock,
-    nor, on SQLite, the whole database's write lock.
+    nor, on SQLite, the whole database's write lock. Changing one's own password or email
+    needs a recent login or the current password: a stolen token alone must not take the
+    account over.
     """
-    if caller.user_id == user_id and (data.password is not None or data.email is not None):
-        await _require_proof_of_login(database, caller, data.current_password, address, settings)
+    needs_proof = caller.user_id == user_id and (data.password is not None or data.email is not None)
+    if not needs_proof and data.password is None:
+        return None
+    # A revoked token costs no hash: it is checked first, on a connection closed at once.
+    async with database.read_engine.connect() as connection:
+        me = await find_user(connection, caller.user_id)
+    if me is None or me.token_version != caller.token_version:
+        raise Unauthorized(CALLER_GONE)
+    if needs_proof and not caller.authenticated_since(
+        utcnow() - timedelta(minutes=settings.recent_login_minutes)
+    ):
+        if data.current_password is None:
+            raise Forbidden(RECENT_LOGIN_REQUIRED.format(minutes=settings.recent_login_minutes))
+        await auth_service.confirm_password(database, me.email, data.current_password, address, settings)
     if data.password is None:
         return None
     return await hash_password(data.password, concurrency=settings.hash_concurrency)
@@ -206,6 +205,7 @@ async def update_user(
         raise Forbidden("only an admin may change is_admin")
     if "password" in changes:
         del changes["password"]
+        assert password_hash is not None, "prepare_update hashes the new password"
         changes["password_hash"] = password_hash
         # Every token issued before the change stops working.
         changes["token_version"] = user.token_version + 1
