@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
@@ -50,8 +50,11 @@ class TokenSubject:
     user_id: int
     token_version: int
     """The user's token_version when the token was issued; a password change moves it on."""
-    authenticated_at: int = 0
-    """When the password was last checked (epoch seconds; 0 if the token does not say)."""
+    authenticated_at: int = field(default=0, compare=False)
+    """When the password was last checked (epoch seconds; 0 if the token does not say).
+
+    Not part of the subject's identity: two tokens of one user and version name the same
+    subject."""
 
     def authenticated_since(self, moment: datetime) -> bool:
         return self.authenticated_at >= moment.timestamp()
