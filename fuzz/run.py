@@ -48,11 +48,14 @@ DEFAULT_MAX_EXAMPLES = 100
 READY_TIMEOUT = 60.0
 
 # Settings for the service under test. Throttling stays on but cannot trip: the fuzzer
-# logs in with random credentials thousands of times from one address. Nothing else changes.
+# logs in (and signs up) with random values thousands of times from one address. Nothing
+# else changes.
 SERVICE_SETTINGS = {
     "ENVIRONMENT": "test",
     "LOGIN_FAILURES_PER_ACCOUNT": "1000000",
+    "LOGIN_FAILURES_PER_ACCOUNT_AND_ADDRESS": "1000000",
     "LOGIN_FAILURES_PER_ADDRESS": "1000000",
+    "SIGNUPS_PER_ADDRESS": "1000000",
 }
 
 

@@ -213,6 +213,8 @@ def settings(database_url: str) -> Settings:
         secret_key=TEST_SECRET,
         environment=Environment.TEST,
         max_body_bytes=64 * 1024,
+        # Every account a test makes signs up from the test client's one address.
+        signups_per_address=100_000,
         _env_file=None,
     )
 

@@ -6,7 +6,7 @@ import asyncio
 from datetime import UTC, datetime
 
 from alembic import command
-from sqlalchemy import func, insert, inspect, select
+from sqlalchemy import column, func, insert, inspect, select, table
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from blogapi.cli import alembic_config
@@ -120,3 +120,52 @@ async def test_a_migration_that_copies_tables_keeps_every_row_and_autoincrement(
                 assert len(autoincrement) == 2, schema
     finally:
         await engine.dispose()
+
+
+_USER_COLUMNS_AT_E85857054783 = (
+    "id",
+    "name",
+    "email",
+    "password_hash",
+    "is_admin",
+    "created_at",
+    "updated_at",
+    "version",
+    "token_version",
+)
+
+
+async def test_upgrading_normalises_stored_emails_unless_the_normal_form_is_taken(
+    scratch_database_url: str,
+) -> None:
+    config = alembic_config(scratch_database_url)
+    await asyncio.to_thread(command.upgrade, config, "e85857054783")
+    engine = create_async_engine(scratch_database_url)
+    # The table as it was at that revision: today's model has columns added since.
+    user = table("user", *(column(name) for name in _USER_COLUMNS_AT_E85857054783))
+    now = datetime.now(UTC)
+    stored = {
+        1: "jose\u0301@example.com",  # decomposed: becomes jos\u00e9@
+        2: "ann@example.com",  # already normal
+        3: "zoe\u0308@example.com",  # its normal form is user 4's: left as it is
+        4: "zo\u00eb@example.com",
+    }
+    async with engine.begin() as connection:
+        await connection.execute(
+            insert(user),
+            [
+                {"id": n, "name": f"u{n}", "email": email, "password_hash": "x",
+                 "is_admin": False, "created_at": now, "updated_at": now, "version": 1, "token_version": 1}
+                for n, email in stored.items()
+            ],
+        )  # fmt: skip
+    await asyncio.to_thread(command.upgrade, config, "head")
+    async with engine.connect() as connection:
+        emails = {row.id: row.email for row in await connection.execute(select(user.c.id, user.c.email))}
+    await engine.dispose()
+    assert emails == {
+        1: "jos\u00e9@example.com",
+        2: "ann@example.com",
+        3: "zoe\u0308@example.com",
+        4: "zo\u00eb@example.com",
+    }

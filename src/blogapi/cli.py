@@ -100,6 +100,7 @@ def create_admin(
 
     from blogapi.errors import DomainError
     from blogapi.seed import create_admin as create
+    from blogapi.users.schemas import normalize_email
 
     password = os.environ.get(ADMIN_PASSWORD_ENV) or typer.prompt(
         "Password", hide_input=True, confirmation_prompt=True
@@ -113,7 +114,7 @@ def create_admin(
     except DomainError as exc:
         typer.echo(exc.detail, err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"created admin {user_id} <{email.lower()}>")
+    typer.echo(f"created admin {user_id} <{normalize_email(email)}>")
 
 
 @app.command()

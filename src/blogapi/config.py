@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     login_failures_per_account: int = Field(default=10, ge=1)
     login_failures_per_address: int = Field(default=100, ge=1)
     login_failure_window_seconds: int = Field(default=900, ge=1)
+    # Past its limit an account is slowed down, not locked: one attempt per this many seconds.
+    login_slowdown_seconds: int = Field(default=30, ge=1)
+    login_failures_per_account_and_address: int = Field(default=10, ge=1)
+    signups_per_address: int = Field(default=20, ge=1)
+    signup_window_seconds: int = Field(default=3600, ge=1)
+    recent_login_minutes: int = Field(default=10, ge=0)
 
     @field_validator("database_url")
     @classmethod

@@ -115,6 +115,19 @@ _SELECT = select(
     IdempotencyRecord.etag,
 ).where(*_IN_SCOPE)
 _CLAIM = insert(IdempotencyRecord).returning(IdempotencyRecord.id)
+
+PRUNE_BATCH = 4
+"""Expired keys (of anyone) deleted per claim: more than the one row a claim adds, so the
+table holds the live keys and a shrinking remainder of expired ones."""
+# SKIP LOCKED: a key another request holds is left for later, so pruning never waits for
+# (nor deadlocks with) other requests. SQLite ignores FOR UPDATE: its writers take turns.
+_EXPIRED_IDS = (
+    select(IdempotencyRecord.id)
+    .where(IdempotencyRecord.expires_at <= bindparam("now"))
+    .limit(PRUNE_BATCH)
+    .with_for_update(skip_locked=True)
+)
+_DELETE_IDS = delete(IdempotencyRecord).where(IdempotencyRecord.id.in_(bindparam("ids", expanding=True)))
 _COMPLETE = update(IdempotencyRecord).where(IdempotencyRecord.id == bindparam("claim_id"))
 
 
@@ -134,6 +147,9 @@ async def begin(
     now = utcnow()
     scope = {"owner": owner, "key": key}
     await connection.execute(_DELETE_EXPIRED, {**scope, "now": now})
+    expired = list((await connection.scalars(_EXPIRED_IDS, {"now": now})).all())
+    if expired:
+        await connection.execute(_DELETE_IDS, {"ids": expired})
     existing = (await connection.execute(_SELECT, scope)).one_or_none()
     if existing is not None:
         return IdempotentRequest(_replay(existing, digest), None)

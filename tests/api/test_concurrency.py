@@ -12,13 +12,16 @@ from typing import Any
 import httpx
 import pytest
 from conftest import Account, Accounts, assert_problem
-from sqlalchemy import event, func, select, update
+from sqlalchemy import delete, event, func, select, update
 from sqlalchemy.exc import OperationalError
 
+from blogapi import idempotency
+from blogapi.auth import dependencies as auth_dependencies
 from blogapi.auth.security import hash_password
 from blogapi.db import Database, utcnow
 from blogapi.idempotency import IdempotencyRecord
 from blogapi.models import Post, User
+from blogapi.posts import router as router_module
 from blogapi.posts.models import post_tag
 
 API = "/api/v1"
@@ -714,4 +717,69 @@ async def test_a_non_transient_operational_error_is_not_retried(
         response = await client.post(POSTS, json={"title": "Never"}, headers=ann.headers)
     assert_problem(response, 503)
     assert len(attempts) == 1
+    assert await count(database, Post) == 0
+
+
+async def test_expired_keys_of_anyone_are_pruned_so_the_table_stays_bounded(
+    client: httpx.AsyncClient, accounts: Accounts, database: Database
+) -> None:
+    ann = await accounts.create()
+    expired = 10 * idempotency.PRUNE_BATCH
+    async with database.sessionmaker.begin() as session:
+        session.add_all(
+            IdempotencyRecord(
+                owner=f"user:{n + 1_000_000}",
+                key=f"old-{n}",
+                fingerprint="0" * 64,
+                status_code=201,
+                response_body="{}",
+                expires_at=utcnow() - timedelta(hours=1),
+            )
+            for n in range(expired)
+        )
+    claims = 20
+    for n in range(claims):
+        response = await client.post(
+            POSTS, json={"title": "Keyed"}, headers=with_key(ann.headers, f"new-{n}")
+        )
+        assert response.status_code == 201, response.text
+    # However many expired keys there were, what is left are the live ones.
+    async with database.sessionmaker() as session:
+        keys = set(await session.scalars(select(IdempotencyRecord.key)))
+    assert keys == {f"new-{n}" for n in range(claims)}
+
+
+# --- a post racing its author's deletion -----------------------------------------------------------
+
+
+async def test_a_post_whose_author_is_deleted_meanwhile_is_401_on_every_backend(
+    client: httpx.AsyncClient,
+    accounts: Accounts,
+    database: Database,
+    backend: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ann = await accounts.create()
+
+    async def delete_ann() -> None:
+        async with database.sessionmaker.begin() as session:
+            await session.execute(delete(User).where(User.id == ann.id))
+
+    if backend == "sqlite":
+        # The post's transaction holds the write lock from its first statement: the
+        # deletion can only come before it.
+        await delete_ann()
+    else:
+        found = auth_dependencies.current_user
+
+        async def found_then_deleted(connection: Any, caller: Any) -> Any:
+            me = await found(connection, caller)
+            await delete_ann()  # committed between the lookup and the insert
+            return me
+
+        monkeypatch.setattr(router_module, "current_user", found_then_deleted)
+    response = await client.post(POSTS, json={"title": "Orphan"}, headers=ann.headers)
+    problem = assert_problem(response, 401)
+    assert problem["detail"] == "the access token is missing, invalid or expired"
+    assert response.headers["www-authenticate"] == "Bearer"
     assert await count(database, Post) == 0

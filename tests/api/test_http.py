@@ -33,7 +33,7 @@ async def serving(app: FastAPI, **transport_options: Any) -> AsyncIterator[httpx
 # --- HEAD and Allow ---------------------------------------------------------------------------------
 
 
-def get_paths(app: FastAPI, ids: dict[str, int]) -> list[str]:
+def get_paths(app: FastAPI, ids: dict[str, int | str]) -> list[str]:
     """Every GET route of the app, its path parameters filled in."""
     return [
         re.sub(r"\{(\w+)(:\w+)?\}", lambda match: str(ids[match.group(1)]), context.path)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -18,7 +18,12 @@ _required_token = OAuth2PasswordBearer(tokenUrl=TOKEN_URL)
 _optional_token = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, auto_error=False)
 
 
-INVALID_TOKEN = "the access token is missing, invalid or expired"  # noqa: S105  (a message)
+INVALID_TOKEN = users_service.CALLER_GONE
+
+
+def client_address(request: Request) -> str:
+    """The address the client connected from (the proxy's, behind one that uvicorn does not trust)."""
+    return request.client.host if request.client else "unknown"
 
 
 def _subject(token: str, settings: Settings) -> TokenSubject:

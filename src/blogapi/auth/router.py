@@ -7,6 +7,7 @@ from fastapi import APIRouter, Form, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from blogapi.auth import service
+from blogapi.auth.dependencies import client_address
 from blogapi.auth.security import TokenSubject, create_access_token
 from blogapi.config import SettingsDep
 from blogapi.db import DatabaseDep
@@ -54,12 +55,14 @@ async def issue_token(
 ) -> Token:
     """OAuth2 password flow: `username` is the account's email.
 
-    Repeated failures for one account, or from one client address, are refused with 429
-    for the rest of a window (`LOGIN_FAILURES_PER_ACCOUNT`, `..._PER_ADDRESS`,
-    `LOGIN_FAILURE_WINDOW_SECONDS`).
+    Attempts are counted before the password is checked, and refused with 429 and
+    `Retry-After` past a limit (per window of `LOGIN_FAILURE_WINDOW_SECONDS`): from one
+    client address for one account (`LOGIN_FAILURES_PER_ACCOUNT_AND_ADDRESS`), or for any
+    account (`LOGIN_FAILURES_PER_ADDRESS`). Past `LOGIN_FAILURES_PER_ACCOUNT` failures from
+    all addresses together, the account is slowed down to one attempt per
+    `LOGIN_SLOWDOWN_SECONDS`, not locked: its owner still gets in from elsewhere.
     """
-    address = request.client.host if request.client else "unknown"
-    user = await service.log_in(database, form.username, form.password, address, settings)
+    user = await service.log_in(database, form.username, form.password, client_address(request), settings)
     lifetime = timedelta(minutes=settings.access_token_minutes)
     token = create_access_token(
         TokenSubject(user.id, user.token_version),

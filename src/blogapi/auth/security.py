@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
@@ -50,11 +50,27 @@ class TokenSubject:
     user_id: int
     token_version: int
     """The user's token_version when the token was issued; a password change moves it on."""
+    authenticated_at: int = field(default=0, compare=False)
+    """When the password was last checked (epoch seconds; 0 if the token does not say).
+
+    Not part of the subject's identity: two tokens of one user and version name the same
+    subject."""
+
+    def authenticated_since(self, moment: datetime) -> bool:
+        return self.authenticated_at >= moment.timestamp()
 
 
 def create_access_token(subject: TokenSubject, *, secret: str, lifetime: timedelta) -> str:
+    """A token for `subject`, whose password was checked just now (a login issues it)."""
     now = datetime.now(UTC)
-    claims = {"sub": str(subject.user_id), "ver": subject.token_version, "iat": now, "exp": now + lifetime}
+    claims = {
+        "sub": str(subject.user_id),
+        "ver": subject.token_version,
+        "iat": now,
+        "exp": now + lifetime,
+        # OpenID Connect's name: the login time, which proves a recent authentication.
+        "auth_time": int(now.timestamp()),
+    }
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
@@ -96,6 +112,8 @@ def read_access_token(token: str, *, secret: str) -> TokenSubject | None:
         return None
     if not (1 <= user_id <= MAX_ID and isinstance(version, int)):
         return None
-    subject = TokenSubject(user_id, version)
+    # Optional: a token issued before the claim existed is valid, but proves no recent login.
+    authenticated_at = claims.get("auth_time", 0)
+    subject = TokenSubject(user_id, version, authenticated_at if isinstance(authenticated_at, int) else 0)
     _verified[secret, token] = _Verified(subject, expires_at)
     return subject

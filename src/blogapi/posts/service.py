@@ -8,6 +8,7 @@ from functools import cache
 from typing import Any, NamedTuple
 
 from sqlalchemy import Executable, Integer, Row, and_, bindparam, func, insert, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import joinedload, selectinload
 
@@ -19,8 +20,9 @@ from blogapi.db import (
     fold_for_search,
     insert_missing,
     utcnow,
+    violates,
 )
-from blogapi.errors import Forbidden, NotFound
+from blogapi.errors import Forbidden, NotFound, Unauthorized
 from blogapi.pagination import Page, PageParams
 from blogapi.posts.models import Post, Tag, post_tag
 from blogapi.posts.schemas import PostCreate, PostRead, PostUpdate, TagRead
@@ -28,7 +30,7 @@ from blogapi.preconditions import require_match
 from blogapi.users import service as users_service
 from blogapi.users.models import User
 from blogapi.users.schemas import Author
-from blogapi.users.service import Account
+from blogapi.users.service import CALLER_GONE, Account
 
 # Writes load entities: the author joined, the tags in one more SELECT ... IN.
 _POST_LOADS = (
@@ -127,7 +129,15 @@ async def create_post(connection: AsyncConnection, author: Account, data: PostCr
         "created_at": now,
         "updated_at": now,
     }
-    post_id, version = (await connection.execute(_INSERT_POST, values)).one()
+    try:
+        post_id, version = (await connection.execute(_INSERT_POST, values)).one()
+    except IntegrityError as exc:
+        # The author was deleted after the request found them (PostgreSQL and MariaDB read
+        # without locking; on SQLite the write lock orders the two): the same 401 as a token
+        # whose user is gone.
+        if violates(exc, "fk_post_author_id_user"):
+            raise Unauthorized(CALLER_GONE) from exc
+        raise
     if data.tags:  # distinct and sorted by the schema
         await insert_missing(connection, Tag, [{"name": name} for name in data.tags])
         names = {f"name_{number}": name for number, name in enumerate(data.tags)}

@@ -2,11 +2,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 from starlette.convertors import Convertor, register_url_convertor
 
 from blogapi import idempotency
-from blogapi.auth.dependencies import CurrentUser, OptionalViewer, Viewer
+from blogapi.auth.dependencies import (
+    Caller,
+    CurrentUser,
+    OptionalViewer,
+    Viewer,
+    client_address,
+    current_user,
+)
 from blogapi.config import SettingsDep
 from blogapi.db import MAX_ID, DatabaseDep, SessionDep
 from blogapi.errors import ProblemType, error_responses
@@ -67,6 +74,7 @@ NameQuery = Annotated[
             413,
             422,
             ProblemType.IDEMPOTENCY_KEY_REUSED,
+            429,
         ),
     },
     summary="Sign up",
@@ -74,9 +82,14 @@ NameQuery = Annotated[
 async def create_user(
     data: UserCreate,
     session: SessionDep,
+    database: DatabaseDep,
     settings: SettingsDep,
+    request: Request,
     idempotency_key: idempotency.IdempotencyKeyHeader = None,
 ) -> Response:
+    """Create an account. At most `SIGNUPS_PER_ADDRESS` per `SIGNUP_WINDOW_SECONDS` from one
+    client address (then 429 with `Retry-After`), counted before the password is hashed."""
+    await service.admit_signup(database, client_address(request), settings)
     # Hashed first: the connection opens the transaction. A replay then costs a hash it did not
     # need, which is cheaper than every keyed sign-up holding a connection while hashing.
     password_hash = await service.password_hash_for(data, settings)
@@ -139,20 +152,33 @@ async def read_user(
     "/{user_id:user_id}",
     responses={
         200: {"headers": ETAG_HEADER},
-        **error_responses(401, 403, 404, 409, ProblemType.EMAIL_TAKEN, 412, 413, 422),
+        **error_responses(401, 403, 404, 409, ProblemType.EMAIL_TAKEN, 412, 413, 422, 429),
     },
 )
 async def update_user(
     user_id: UserId,
     data: UserUpdate,
+    caller: Caller,
     session: SessionDep,
-    me: CurrentUser,
+    database: DatabaseDep,
     settings: SettingsDep,
+    request: Request,
     response: Response,
     if_match: IfMatchHeader = None,
 ) -> UserRead:
-    """Change a user (themself, or any as an admin). A new password ends every earlier token."""
-    user = await service.update_user(session, user_id, data, me, settings, if_match)
+    """Change a user (themself, or any as an admin). A new password ends every earlier token.
+
+    Changing one's own `password` or `email` needs proof of a recent login: a token from a
+    login in the last `RECENT_LOGIN_MINUTES`, or `current_password` (403 without either; a
+    wrong one counts as a failed login, 429 past the limits). Admins changing another
+    user need neither.
+    """
+    password_hash = await service.prepare_update(
+        database, caller, user_id, data, client_address(request), settings
+    )
+    # The session takes its connection only now, after the hashing.
+    me = await current_user(await session.connection(), caller)
+    user = await service.update_user(session, user_id, data, me, password_hash, if_match)
     response.headers["ETag"] = etag(user.version)
     return service.to_read(user, viewer=me)
 

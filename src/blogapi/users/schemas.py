@@ -1,13 +1,22 @@
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StringConstraints, TypeAdapter
 from pydantic.json_schema import SkipJsonSchema
 
 from blogapi.users.models import EMAIL_MAX, NAME_MAX
-from blogapi.validation import SINGLE_LINE, Encodable, PartialUpdate, SingleLineInWords, StripSpaces, in_words
+from blogapi.validation import (
+    SINGLE_LINE,
+    Encodable,
+    PartialUpdate,
+    SingleLineInWords,
+    StripSpaces,
+    in_words,
+    is_utf8,
+)
 
 PASSWORD_MIN = 8
 PASSWORD_MAX = 128
@@ -19,11 +28,30 @@ Name = Annotated[
     StripSpaces,
     SingleLineInWords,
 ]
-# Lower-cased so that Alice@Example.com and alice@example.com are one account.
+_lowercase = TypeAdapter(Annotated[str, StringConstraints(to_lower=True)]).validate_python
+
+
+def normalize_email(email: str) -> str:
+    """The one form of an email that is stored and compared: NFC, then lower-cased.
+
+    Every place that stores or looks up an email calls this, so Alice@Example.com and
+    alice@example.com are one account, however the text was composed. Lower-casing is
+    pydantic-core's (Rust's `to_lowercase`, a newer Unicode than Python 3.11's 14.0: it
+    knows capitals such as U+A7CB that `str.lower()` leaves alone), which also stored every
+    existing row. Not `casefold()`: it would merge distinct addresses (ß and ss).
+    """
+    return unicodedata.normalize("NFC", _lowercase(unicodedata.normalize("NFC", email)))
+
+
+def _normalized(value: object) -> object:
+    # Text that cannot be encoded is left for `Encodable` to refuse.
+    return normalize_email(value) if isinstance(value, str) and is_utf8(value) else value
+
+
 Email = Annotated[
     str,
+    BeforeValidator(_normalized),
     StringConstraints(
-        to_lower=True,
         max_length=EMAIL_MAX,
         # Not \s alone: pydantic's (Rust) \s includes U+0085, OpenAPI's (ECMA-262) U+FEFF instead.
         pattern=r"^[^@\s\x00-\x1f\x7f-\x9f\uFEFF]+@[^@\s\x00-\x1f\x7f-\x9f\uFEFF.]+(\.[^@\s\x00-\x1f\x7f-\x9f\uFEFF.]+)+$",
@@ -32,6 +60,8 @@ Email = Annotated[
     in_words("not a valid email address: one @, a domain with a dot, and no spaces or control characters"),
 ]
 Password = Annotated[str, StringConstraints(min_length=PASSWORD_MIN, max_length=PASSWORD_MAX), Encodable]
+# Checked, not set: a password chosen under an older minimum still proves who one is.
+CurrentPassword = Annotated[str, StringConstraints(min_length=1, max_length=PASSWORD_MAX), Encodable]
 
 
 class UserCreate(BaseModel):
@@ -57,6 +87,11 @@ class UserUpdate(PartialUpdate):
     password: Password | SkipJsonSchema[None] = None
     is_admin: StrictBool | SkipJsonSchema[None] = Field(
         default=None, description="Only an admin may change this."
+    )
+    current_password: CurrentPassword | SkipJsonSchema[None] = Field(
+        default=None,
+        description="Your password: needed to change your own `password` or `email` unless you"
+        " logged in within the last few minutes (`RECENT_LOGIN_MINUTES`). Not stored.",
     )
 
 

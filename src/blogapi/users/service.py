@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import cache
 from typing import Any
 
@@ -9,16 +10,29 @@ from sqlalchemy import Integer, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from blogapi.auth.security import hash_password
+from blogapi.auth import service as auth_service
+from blogapi.auth import throttle
+from blogapi.auth.security import TokenSubject, hash_password
 from blogapi.config import Settings
-from blogapi.db import LIKE_ESCAPE, AnyRow, AnySelect, escape_like, fold_for_search, violates
-from blogapi.errors import EmailTaken, Forbidden, NotFound
+from blogapi.db import (
+    LIKE_ESCAPE,
+    AnyRow,
+    AnySelect,
+    Database,
+    escape_like,
+    fold_for_search,
+    utcnow,
+    violates,
+)
+from blogapi.errors import EmailTaken, Forbidden, NotFound, Unauthorized
 from blogapi.pagination import Page, PageParams
 from blogapi.preconditions import require_match
 from blogapi.users.models import User
 from blogapi.users.schemas import UserCreate, UserRead, UserUpdate
 
 EMAIL_TAKEN = "an account with this email already exists"
+CALLER_GONE = "the access token is missing, invalid or expired"
+"""What a token whose user no longer exists gets (auth.dependencies.INVALID_TOKEN)."""
 
 Account = User | AnyRow
 """A user as an entity (writes) or as a row of `_USER_COLUMNS` (reads)."""
@@ -61,6 +75,16 @@ async def _flush_unique_email(session: AsyncSession) -> None:
         if violates(exc, "uq_user_email"):
             raise EmailTaken(EMAIL_TAKEN) from exc
         raise
+
+
+async def admit_signup(database: Database, address: str, settings: Settings) -> None:
+    """Count a sign-up from `address`, or refuse it (TooManyRequests), before it is hashed.
+
+    Its own short transaction, so the count holds whatever becomes of the sign-up: a burst
+    of anonymous sign-ups must not queue real logins behind its hashes.
+    """
+    async with database.engine.begin() as connection:
+        await throttle.reserve_signup(connection, address, settings)
 
 
 async def password_hash_for(data: UserCreate, settings: Settings) -> str:
@@ -136,25 +160,62 @@ async def list_users(
     return params.page("users", rows, key=lambda user: [user.id], build=lambda user: to_read(user, viewer))
 
 
+RECENT_LOGIN_REQUIRED = (
+    "changing your own password or email needs your current_password, or a login within the last"
+    " {minutes} minutes"
+)
+
+
+async def prepare_update(
+    database: Database, caller: TokenSubject, user_id: int, data: UserUpdate, address: str, settings: Settings
+) -> str | None:
+    """Check the proof a change needs, and hash its new password (None without one).
+
+    Before the request's transaction takes a connection: the Argon2 work (tens of
+    milliseconds in a thread) must not hold a pooled connection and the user's row lock,
+    nor, on SQLite, the whole database's write lock. Changing one's own password or email
+    needs a recent login or the current password: a stolen token alone must not take the
+    account over.
+    """
+    needs_proof = caller.user_id == user_id and (data.password is not None or data.email is not None)
+    if not needs_proof and data.password is None:
+        return None
+    # A revoked token costs no hash: it is checked first, on a connection closed at once.
+    async with database.read_engine.connect() as connection:
+        me = await find_user(connection, caller.user_id)
+    if me is None or me.token_version != caller.token_version:
+        raise Unauthorized(CALLER_GONE)
+    if needs_proof and not caller.authenticated_since(
+        utcnow() - timedelta(minutes=settings.recent_login_minutes)
+    ):
+        if data.current_password is None:
+            raise Forbidden(RECENT_LOGIN_REQUIRED.format(minutes=settings.recent_login_minutes))
+        await auth_service.confirm_password(database, me.email, data.current_password, address, settings)
+    if data.password is None:
+        return None
+    return await hash_password(data.password, concurrency=settings.hash_concurrency)
+
+
 async def update_user(
     session: AsyncSession,
     user_id: int,
     data: UserUpdate,
     actor: Account,
-    settings: Settings,
+    password_hash: str | None,
     if_match: str | None,
 ) -> User:
+    """Apply `data`; `password_hash` is that of `data.password`, from `prepare_update`."""
     user = await get_user(session, user_id, for_update=True)
     if not can_manage(actor, user):
         raise Forbidden("only the user themself or an admin may change this user")
     require_match(if_match, user.version)
-    changes = data.model_dump(exclude_unset=True)
+    changes = data.model_dump(exclude_unset=True, exclude={"current_password"})
     if "is_admin" in changes and changes["is_admin"] != user.is_admin and not actor.is_admin:
         raise Forbidden("only an admin may change is_admin")
     if "password" in changes:
-        changes["password_hash"] = await hash_password(
-            changes.pop("password"), concurrency=settings.hash_concurrency
-        )
+        del changes["password"]
+        assert password_hash is not None, "prepare_update hashes the new password"
+        changes["password_hash"] = password_hash
         # Every token issued before the change stops working.
         changes["token_version"] = user.token_version + 1
     for field, value in changes.items():

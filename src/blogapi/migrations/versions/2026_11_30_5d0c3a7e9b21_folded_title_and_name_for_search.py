@@ -4,7 +4,7 @@
 MariaDB's collation ignores accents. The folded copies make one rule (db.fold_for_search).
 
 Revision ID: 5d0c3a7e9b21
-Revises: e85857054783
+Revises: 5b0d7e3a91c4
 Create Date: 2026-11-30 23:10:00
 """
 
@@ -16,7 +16,7 @@ from alembic import op
 from sqlalchemy.dialects import mysql
 
 revision: str = "5d0c3a7e9b21"
-down_revision: str | None = "e85857054783"
+down_revision: str | None = "5b0d7e3a91c4"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
