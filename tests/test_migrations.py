@@ -6,7 +6,8 @@ import asyncio
 from datetime import UTC, datetime
 
 from alembic import command
-from sqlalchemy import column, func, insert, inspect, select, table
+import sqlalchemy as sa
+from sqlalchemy import func, insert, inspect, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from blogapi.cli import alembic_config
@@ -142,7 +143,7 @@ async def test_upgrading_normalises_stored_emails_unless_the_normal_form_is_take
     await asyncio.to_thread(command.upgrade, config, "e85857054783")
     engine = create_async_engine(scratch_database_url)
     # The table as it was at that revision: today's model has columns added since.
-    user = table("user", *(column(name) for name in _USER_COLUMNS_AT_E85857054783))
+    user = sa.table("user", *(sa.column(name) for name in _USER_COLUMNS_AT_E85857054783))
     now = datetime.now(UTC)
     stored = {
         1: "jose\u0301@example.com",  # decomposed: becomes jos\u00e9@
