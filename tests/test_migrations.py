@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-from alembic import command
 import sqlalchemy as sa
+from alembic import command
 from sqlalchemy import func, insert, inspect, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
