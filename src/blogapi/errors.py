@@ -43,6 +43,7 @@ class ProblemType(StrEnum):
     UNAUTHORIZED = PROBLEM_TYPE_BASE + "unauthorized"
     INVALID_CREDENTIALS = PROBLEM_TYPE_BASE + "invalid-credentials"
     FORBIDDEN = PROBLEM_TYPE_BASE + "forbidden"
+    REAUTHENTICATION_REQUIRED = PROBLEM_TYPE_BASE + "reauthentication-required"
     NOT_FOUND = PROBLEM_TYPE_BASE + "not-found"
     METHOD_NOT_ALLOWED = PROBLEM_TYPE_BASE + "method-not-allowed"
     CONFLICT = PROBLEM_TYPE_BASE + "conflict"
@@ -96,6 +97,12 @@ PROBLEM_KINDS: dict[ProblemType, ProblemKind] = {
         HTTPStatus.FORBIDDEN,
         "The caller may not do this to this resource (only its owner or an admin may).",
         "only the author or an admin may change this post",
+    ),
+    ProblemType.REAUTHENTICATION_REQUIRED: ProblemKind(
+        HTTPStatus.FORBIDDEN,
+        "Changing one's own password or email needs a recent login or the right `current_password`:"
+        " ask the user for their password.",
+        "changing your password or email needs a login in the last 10 minutes, or current_password",
     ),
     ProblemType.NOT_FOUND: ProblemKind(
         HTTPStatus.NOT_FOUND, "No such resource, or no such route.", "post 7 not found"
@@ -225,6 +232,10 @@ class IdempotencyKeyInUse(Conflict):
 class Forbidden(DomainError):
     status = HTTPStatus.FORBIDDEN
     type = ProblemType.FORBIDDEN
+
+
+class ReauthenticationRequired(Forbidden):
+    type = ProblemType.REAUTHENTICATION_REQUIRED
 
 
 class Unauthorized(DomainError):

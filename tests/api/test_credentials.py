@@ -49,6 +49,7 @@ async def test_a_token_without_a_recent_login_cannot_change_its_own_password_or_
     ann = await accounts.create()
     response = await client.patch(f"{USERS}/{ann.id}", json=change, headers=stale(ann, settings))
     problem = assert_problem(response, 403)
+    assert problem["type"] == "https://blogapi.dev/problems/reauthentication-required"
     assert "current_password" in problem["detail"]
     assert (await login(client, ann.email, PASSWORD)).status_code == 200
 
@@ -102,6 +103,7 @@ async def test_a_wrong_current_password_is_403_and_counts_as_a_failed_login(
     for _ in range(settings.login_failures_per_account_and_address):
         response = await client.patch(f"{USERS}/{ann.id}", json=body, headers=headers)
         problem = assert_problem(response, 403)
+        assert problem["type"] == "https://blogapi.dev/problems/reauthentication-required"
         assert problem["detail"] == "current_password is incorrect"
     response = await client.patch(f"{USERS}/{ann.id}", json=body, headers=headers)
     assert_problem(response, 429)

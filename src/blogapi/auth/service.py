@@ -8,7 +8,7 @@ from blogapi.auth import throttle
 from blogapi.auth.security import verify_password
 from blogapi.config import Settings
 from blogapi.db import Database, utcnow
-from blogapi.errors import Forbidden, InvalidCredentials, InvalidInput
+from blogapi.errors import InvalidCredentials, InvalidInput, ReauthenticationRequired
 from blogapi.users.models import User
 from blogapi.users.schemas import normalize_email
 from blogapi.validation import is_utf8
@@ -65,4 +65,4 @@ async def confirm_password(
     become a way to guess the password unthrottled): Forbidden, or TooManyRequests.
     """
     if not _storable(password) or await _check_password(database, email, password, address, settings) is None:
-        raise Forbidden(WRONG_CURRENT_PASSWORD)
+        raise ReauthenticationRequired(WRONG_CURRENT_PASSWORD)

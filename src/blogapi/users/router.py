@@ -152,7 +152,18 @@ async def read_user(
     "/{user_id:user_id}",
     responses={
         200: {"headers": ETAG_HEADER},
-        **error_responses(401, 403, 404, 409, ProblemType.EMAIL_TAKEN, 412, 413, 422, 429),
+        **error_responses(
+            401,
+            403,
+            ProblemType.REAUTHENTICATION_REQUIRED,
+            404,
+            409,
+            ProblemType.EMAIL_TAKEN,
+            412,
+            413,
+            422,
+            429,
+        ),
     },
 )
 async def update_user(

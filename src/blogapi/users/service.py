@@ -24,7 +24,7 @@ from blogapi.db import (
     utcnow,
     violates,
 )
-from blogapi.errors import EmailTaken, Forbidden, NotFound, Unauthorized
+from blogapi.errors import EmailTaken, Forbidden, NotFound, ReauthenticationRequired, Unauthorized
 from blogapi.pagination import Page, PageParams
 from blogapi.preconditions import require_match
 from blogapi.users.models import User
@@ -189,7 +189,9 @@ async def prepare_update(
         utcnow() - timedelta(minutes=settings.recent_login_minutes)
     ):
         if data.current_password is None:
-            raise Forbidden(RECENT_LOGIN_REQUIRED.format(minutes=settings.recent_login_minutes))
+            raise ReauthenticationRequired(
+                RECENT_LOGIN_REQUIRED.format(minutes=settings.recent_login_minutes)
+            )
         await auth_service.confirm_password(database, me.email, data.current_password, address, settings)
     if data.password is None:
         return None
