@@ -7,8 +7,9 @@ worker process and every instance behind the load balancer enforces the same lim
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import case, delete, select, update
+from sqlalchemy import CursorResult, case, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from blogapi.auth.models import BUCKET_MAX, LoginFailures
@@ -61,3 +62,11 @@ async def record_failure(session: AsyncSession, buckets: list[str], now: datetim
 
 async def forget(session: AsyncSession, bucket: str) -> None:
     await session.execute(delete(LoginFailures).where(LoginFailures.bucket == bucket))
+
+
+async def unlock_account(session: AsyncSession, email: str) -> bool:
+    """Forget an account's failed logins (`blogapi user unlock`); False when it had none."""
+    result = await session.execute(
+        delete(LoginFailures).where(LoginFailures.bucket == account_bucket(email.strip().lower()))
+    )
+    return bool(cast("CursorResult[Any]", result).rowcount)

@@ -163,6 +163,21 @@ async def update_user(
     return user
 
 
+async def set_admin(session: AsyncSession, email: str, *, is_admin: bool) -> User:
+    """Promote or demote the account with this email (`blogapi user promote/demote`).
+
+    Like a change through the API it applies to the user's existing tokens at once: every
+    request reads is_admin from the user's row, not from the token.
+    """
+    query = select(User).where(User.email == email.strip().lower()).with_for_update()
+    user = await session.scalar(query)
+    if user is None:
+        raise NotFound(f"no user has the email {email.strip().lower()}")
+    user.is_admin = is_admin
+    await session.flush()
+    return user
+
+
 async def delete_user(session: AsyncSession, user_id: int, actor: Account, if_match: str | None) -> None:
     user = await get_user(session, user_id, for_update=True)
     if not can_manage(actor, user):
