@@ -136,6 +136,7 @@ def _described(revision: str | None) -> str:
 
 
 async def _in_transaction(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    import blogapi.models  # noqa: F401  (every model, so the mappers' relationships resolve)
     from blogapi.db import Database, create_engine
 
     database = Database.from_engine(create_engine(settings(), pooled=False))
@@ -424,6 +425,10 @@ def explain(exc: BaseException) -> str | None:
         return _settings_error(exc)
     if isinstance(exc, CommandError):
         return f"migration error: {exc}"
+    from blogapi.errors import DomainError
+
+    if isinstance(exc, DomainError):
+        return exc.detail
     chain = _chain(exc)
     codes = _codes(exc)
     where = _where()
