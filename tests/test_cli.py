@@ -259,10 +259,12 @@ async def run_as_root(server_url: str, *statements: str) -> None:
     url = make_url(server_url)
     admin = url.set(database="postgres" if url.get_backend_name() == "postgresql" else "")
     engine = create_async_engine(admin, isolation_level="AUTOCOMMIT")
-    async with engine.connect() as connection:
-        for statement in statements:
-            await connection.execute(text(statement))
-    await engine.dispose()
+    try:
+        async with engine.connect() as connection:
+            for statement in statements:
+                await connection.execute(text(statement))
+    finally:
+        await engine.dispose()
 
 
 def drop_database(url: URL) -> str:
@@ -328,14 +330,15 @@ async def unprivileged_url(new_database_url: URL) -> AsyncIterator[URL]:
 
 @pytest.mark.backends("postgresql", "mariadb")
 async def test_db_upgrade_without_the_right_to_create_the_database_prints_the_statements_that_do(
-    unprivileged_url: URL,
+    new_database_url: URL, unprivileged_url: URL
 ) -> None:
     url = unprivileged_url.render_as_string(hide_password=False)
     stderr = assert_fails_clearly(await blogapi(url, "db", "upgrade"))
     assert "CREATE DATABASE" in stderr
     # What it says to run, run by an administrator, is all the user needs.
     statements = stderr.strip().splitlines()[-1].removeprefix("have an administrator run: ")
-    await run_as_root(url, *(statement for statement in statements.split(";") if statement.strip()))
+    root_url = new_database_url.render_as_string(hide_password=False)
+    await run_as_root(root_url, *(statement for statement in statements.split(";") if statement.strip()))
     result = await blogapi(url, "db", "upgrade")
     assert result.returncode == 0, result.stderr
     assert "(head)" in result.stdout
