@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -407,11 +408,12 @@ def _where() -> str:
 
 def _settings_error(exc: ValidationError) -> str:
     problems = []
-    for error in exc.errors(include_input=False, include_url=False):
+    for error in exc.errors(include_url=False):
         message = error["msg"].removeprefix("Value error, ")
+        # The input itself is never printed (it may be a key); nor is it inside a message.
         value = error.get("input")
-        if isinstance(value, str) and len(value) > 3 and value in message:
-            message = message.replace(value, "...")
+        if isinstance(value, str) and value.strip():
+            message = re.sub(rf"(?<![\w-]){re.escape(value)}(?![\w-])", "...", message)
         name = "_".join(map(str, error["loc"])).upper()
         problems.append(f"{name}: {message}" if name else message)
     return "invalid settings: " + "; ".join(problems) + "\n(settings come from the environment or from .env)"
