@@ -37,7 +37,7 @@ from sqlalchemy.pool import QueuePool
 from blogapi.auth import security
 from blogapi.cli import alembic_config
 from blogapi.config import Environment, Settings
-from blogapi.db import Database
+from blogapi.db import Database, create_database
 from blogapi.main import create_app
 from blogapi.models import Base
 from blogapi.users import service as users_service
@@ -96,25 +96,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 async def _create_database(url: str) -> None:
     """Create the test database on its server if it does not exist yet."""
-    target = make_url(url)
-    name = target.database
-    if target.get_backend_name() == "postgresql":
-        admin = create_async_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
-        async with admin.connect() as connection:
-            exists = await connection.scalar(
-                text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
-            )
-            if not exists:
-                await connection.execute(text(f'CREATE DATABASE "{name}"'))
-    else:
-        admin = create_async_engine(target.set(database=""))
-        async with admin.connect() as connection:
-            await connection.execute(
-                text(
-                    f"CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"
-                )
-            )
-    await admin.dispose()
+    await create_database(url)
 
 
 async def _drop_everything(url: str) -> None:

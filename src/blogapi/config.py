@@ -14,6 +14,7 @@ import stat
 import tempfile
 from enum import StrEnum
 from functools import lru_cache
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Annotated, Self
 
@@ -71,6 +72,10 @@ class Settings(BaseSettings):
     signups_per_address: int = Field(default=20, ge=1)
     signup_window_seconds: int = Field(default=3600, ge=1)
     recent_login_minutes: int = Field(default=10, ge=0)
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto `blogapi serve` believes (addresses or
+    # CIDRs, comma-separated). None by default: a client could otherwise choose the address
+    # that login throttling counts its failures against.
+    trusted_proxies: Annotated[list[str], NoDecode] = []
 
     @field_validator("database_url")
     @classmethod
@@ -86,12 +91,22 @@ class Settings(BaseSettings):
         }
         return f"{drivers.get(scheme, scheme)}{sep}{rest}"
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
-    def split_origins(cls, value: object) -> object:
+    def split_commas(cls, value: object) -> object:
         if isinstance(value, str):
-            return [origin.strip() for origin in value.split(",") if origin.strip()]
+            return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def parse_networks(cls, proxies: list[str]) -> list[str]:
+        for proxy in proxies:
+            try:
+                ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError("each entry must be an IP address or a CIDR network") from None
+        return proxies
 
     @model_validator(mode="after")
     def resolve_paths_and_secret_key(self) -> Self:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeAlias
 
 from fastapi import Depends, Request
-from sqlalchemy import DateTime, Dialect, Executable, MetaData, Row, Select, String, event, make_url
+from sqlalchemy import DateTime, Dialect, Executable, MetaData, Row, Select, String, event, make_url, text
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.engine.default import DefaultExecutionContext
@@ -112,7 +112,7 @@ def binary_string(length: int) -> TypeEngine[str]:
     return String(length).with_variant(mysql.VARCHAR(length, collation="utf8mb4_bin"), "mysql", "mariadb")
 
 
-def normalize_url(database_url: str) -> URL:
+def normalize_url(database_url: str | URL) -> URL:
     url = make_url(database_url)
     if url.get_backend_name() in ("mysql", "mariadb") and "charset" not in url.query:
         # The server default may be utf8mb3, which cannot store emoji.
@@ -256,6 +256,49 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     def on_begin(connection: Connection) -> None:
         read_only = connection.get_execution_options().get(READ_ONLY, False)
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def create_database_statement(url: URL) -> str:
+    """The SQL that creates the database `url` names, as blogapi wants it (MariaDB: utf8mb4)."""
+    name = url.database or ""
+    if url.get_backend_name() == "postgresql":
+        statement = 'CREATE DATABASE "{}"'.format(name.replace('"', '""'))
+        # Owned by the URL's user, who can then create the tables (PostgreSQL 15+ no longer
+        # lets every user create them in `public`).
+        return statement + (' OWNER "{}"'.format(url.username.replace('"', '""')) if url.username else "")
+    quoted = name.replace("`", "``")
+    return f"CREATE DATABASE IF NOT EXISTS `{quoted}` CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"
+
+
+async def create_database(database_url: str | URL) -> bool:
+    """Create the PostgreSQL or MariaDB database the URL names unless it exists; True if created.
+
+    Connects to the server's `postgres` database (MariaDB: to no database), so the URL's user
+    needs the right to create databases.
+    """
+    url = normalize_url(database_url)
+    if url.get_backend_name() == "postgresql":
+        admin = create_async_engine(
+            url.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=NullPool
+        )
+        try:
+            async with admin.connect() as connection:
+                exists = await connection.scalar(
+                    text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": url.database}
+                )
+                if exists:
+                    return False
+                await connection.execute(text(create_database_statement(url)))
+                return True
+        finally:
+            await admin.dispose()
+    admin = create_async_engine(url.set(database=""), poolclass=NullPool)
+    try:
+        async with admin.connect() as connection:
+            result = await connection.execute(text(create_database_statement(url)))
+            return bool(result.rowcount)
+    finally:
+        await admin.dispose()
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from blogapi.errors import EmailTaken, Forbidden, NotFound, ReauthenticationRequ
 from blogapi.pagination import Page, PageParams
 from blogapi.preconditions import require_match
 from blogapi.users.models import User
-from blogapi.users.schemas import UserCreate, UserRead, UserUpdate
+from blogapi.users.schemas import UserCreate, UserRead, UserUpdate, normalize_email
 
 EMAIL_TAKEN = "an account with this email already exists"
 CALLER_GONE = "the access token is missing, invalid or expired"
@@ -223,6 +223,21 @@ async def update_user(
     for field, value in changes.items():
         setattr(user, field, value)
     await _flush_unique_email(session)
+    return user
+
+
+async def set_admin(session: AsyncSession, email: str, *, is_admin: bool) -> User:
+    """Promote or demote the account with this email (`blogapi user promote/demote`).
+
+    Like a change through the API it applies to the user's existing tokens at once: every
+    request reads is_admin from the user's row, not from the token.
+    """
+    email = normalize_email(email.strip())
+    user = await session.scalar(select(User).where(User.email == email).with_for_update())
+    if user is None:
+        raise NotFound(f"no user has the email {email}")
+    user.is_admin = is_admin
+    await session.flush()
     return user
 
 
