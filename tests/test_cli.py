@@ -245,11 +245,16 @@ async def test_create_admin_on_a_new_empty_database_says_to_upgrade_without_the_
 async def test_create_admin_run_from_another_folder_says_which_database_has_no_schema(
     scratch_database_url: str, tmp_path: Path
 ) -> None:
-    env = {"BLOGAPI_ADMIN_PASSWORD": "the admin's password"}
+    data_dir = tmp_path / "data"
+    env = {"BLOGAPI_ADMIN_PASSWORD": "the admin's password", "DATA_DIR": str(data_dir)}
     args = ("create-admin", "--email", "root@example.com", "--name", "Root")
-    result = await blogapi("sqlite+aiosqlite:///./blogapi.db", *args, env=env, cwd=tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = await blogapi("sqlite+aiosqlite:///./blogapi.db", *args, env=env, cwd=elsewhere)
     stderr = assert_fails_clearly(result, "the admin's password", "$argon2")
-    assert "sqlite+aiosqlite:///./blogapi.db has no blogapi schema" in stderr
+    # A relative path is the install's database in DATA_DIR, not one in the current folder.
+    assert f"sqlite+aiosqlite:///{data_dir / 'blogapi.db'} has no blogapi schema" in stderr
+    assert not (elsewhere / "blogapi.db").exists()
 
 
 # A database that does not exist yet: `db upgrade` creates it, or says how.
