@@ -18,7 +18,22 @@ from pathlib import Path
 from typing import Annotated, Any, TypeAlias
 
 from fastapi import Depends, Request
-from sqlalchemy import DateTime, Dialect, Executable, MetaData, Row, Select, String, event, make_url
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    DateTime,
+    Dialect,
+    Executable,
+    MetaData,
+    Row,
+    Select,
+    String,
+    and_,
+    event,
+    make_url,
+    or_,
+    tuple_,
+)
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.engine.default import DefaultExecutionContext
@@ -30,9 +45,12 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, NullPool
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.schema import ColumnCollectionConstraint
+from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import TypeDecorator, TypeEngine
 from sqlalchemy.util import await_
 from sqlalchemy.util.queue import Empty, Full, QueueCommon
@@ -401,3 +419,46 @@ def violates(error: IntegrityError, constraint_name: str) -> bool:
                 columns = ", ".join(f"{table.name}.{column.name}" for column in constraint.columns)
                 return message.endswith(f"constraint failed: {columns}")
     return False
+
+
+class _RowBefore(ColumnElement[bool]):
+    """`(a, b) < (x, y)`, in the form each backend's optimizer can seek an index with (see row_before)."""
+
+    inherit_cache = True
+    _traverse_internals = [  # noqa: RUF012  (SQLAlchemy's cache key protocol)
+        ("row", InternalTraversal.dp_clauseelement),
+        ("expanded", InternalTraversal.dp_clauseelement),
+    ]
+    type = Boolean()
+    _is_implicitly_boolean = True  # else a WHERE on a backend without booleans appends `= 1`
+
+    def __init__(self, row: ColumnElement[bool], expanded: ColumnElement[bool]) -> None:
+        self.row = row
+        self.expanded = expanded
+
+
+@compiles(_RowBefore)
+def _compile_row_before(element: _RowBefore, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.row, **kw)
+
+
+@compiles(_RowBefore, "mysql")
+@compiles(_RowBefore, "mariadb")
+def _compile_expanded_row_before(element: _RowBefore, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.expanded, **kw)
+
+
+def row_before(
+    leading: ColumnElement[Any], tie: ColumnElement[Any], after: tuple[Any, Any]
+) -> ColumnElement[bool]:
+    """`(leading, tie) < after`: a keyset page's position, as a condition an index on
+    (..., leading, tie) seeks to whatever the depth, rather than a filter over every newer row.
+
+    PostgreSQL and SQLite take the row comparison as an index condition. MariaDB 10.11
+    does not (it reads the index from its start, `type: index`); there it is
+    `leading <= x AND (leading < x OR tie < y)`, whose first term is a range.
+    """
+    value, tie_value = after
+    row = tuple_(leading, tie) < tuple_(value, tie_value)
+    expanded = and_(leading <= value, or_(leading < value, tie < tie_value))
+    return _RowBefore(row, expanded)

@@ -18,6 +18,7 @@ from blogapi.db import (
     escape_like,
     fold_for_search,
     insert_missing,
+    row_before,
     utcnow,
 )
 from blogapi.errors import Forbidden, NotFound
@@ -206,9 +207,13 @@ def _posts_query(*, by_author: bool, by_tag: bool, by_title: bool, after: bool) 
     if after:  # newest first: the page continues with older posts, ties broken by id
         created_at = bindparam("after_created_at", type_=UTCDateTime)
         post_id = bindparam("after_id", type_=Integer)
-        query = query.where(
-            or_(Post.created_at < created_at, and_(Post.created_at == created_at, Post.id < post_id))
-        )
+        query = query.where(row_before(Post.created_at, Post.id, (created_at, post_id)))
+    if not (by_tag or by_title):
+        index = "ix_post_author_id_created_at_id" if by_author else "ix_post_created_at_id"
+        for dialect in ("mysql", "mariadb"):
+            query = query.prefix_with("STRAIGHT_JOIN", dialect=dialect).with_hint(
+                Post, f"FORCE INDEX ({index})", dialect_name=dialect
+            )
     return query.order_by(Post.created_at.desc(), Post.id.desc()).limit(bindparam("limit"))
 
 
