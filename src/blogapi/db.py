@@ -27,6 +27,7 @@ from sqlalchemy import (
     MetaData,
     Row,
     Select,
+    SQLColumnExpression,
     String,
     and_,
     event,
@@ -449,7 +450,7 @@ def _compile_expanded_row_before(element: _RowBefore, compiler: SQLCompiler, **k
 
 
 def row_before(
-    leading: ColumnElement[Any], tie: ColumnElement[Any], after: tuple[Any, Any]
+    leading: SQLColumnExpression[Any], tie: SQLColumnExpression[Any], after: tuple[Any, Any]
 ) -> ColumnElement[bool]:
     """`(leading, tie) < after`: a keyset page's position, as a condition an index on
     (..., leading, tie) seeks to whatever the depth, rather than a filter over every newer row.
