@@ -42,11 +42,11 @@ _POST_LOADS = (
 # contain the comma). No entities, no identity map: most of a read's cost otherwise.
 # Each read statement is built once, with bound parameters for every value, so that its
 # cache key (a walk over the whole statement) is computed once too, not per request.
+# Each tag is looked up by its primary key: as a join, PostgreSQL may hash the whole tag
+# table for every post of the page when it holds few tags.
+_TAG_NAME = select(Tag.name).where(Tag.id == post_tag.c.tag_id).scalar_subquery()
 _TAG_NAMES = (
-    select(func.aggregate_strings(Tag.name, ","))
-    .join(post_tag, post_tag.c.tag_id == Tag.id)
-    .where(post_tag.c.post_id == Post.id)
-    .scalar_subquery()
+    select(func.aggregate_strings(_TAG_NAME, ",")).where(post_tag.c.post_id == Post.id).scalar_subquery()
 )
 _POST_VIEW = select(
     Post.id,
