@@ -8,6 +8,8 @@ policy are a change to this module alone.
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 import unicodedata
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -238,16 +240,53 @@ def create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
             "pool_timeout": settings.pool_timeout,
             "pool_recycle": settings.pool_recycle,
         }
+    # The app's statements have a time limit, set once per connection (no round trip per
+    # request); migrations and scripts (`pooled=False`) have none.
+    timeout_ms = settings.statement_timeout_ms if pooled else 0
     if backend == "postgresql":
-        options["connect_args"] = {"server_settings": {"application_name": "blogapi"}}
+        server_settings = {"application_name": "blogapi"}
+        if timeout_ms:
+            server_settings["statement_timeout"] = str(timeout_ms)
+        options["connect_args"] = {"server_settings": server_settings}
     elif backend in ("mysql", "mariadb"):
         # REPEATABLE READ's gap locks turn concurrent inserts on a unique index into
         # deadlocks; READ COMMITTED is what PostgreSQL does by default.
         options["isolation_level"] = "READ COMMITTED"
+        if timeout_ms:
+            # MariaDB limits SELECTs only (reads, and the reads of a write transaction).
+            options["connect_args"] = {
+                "init_command": f"SET SESSION max_statement_time = {timeout_ms / 1000}"
+            }
     engine = create_async_engine(url, **options)
     if backend == "sqlite":
         _configure_sqlite(engine)
+        if timeout_ms:
+            _limit_sqlite_statements(engine, timeout_ms / 1000)
     return engine
+
+
+def _limit_sqlite_statements(engine: AsyncEngine, seconds: float) -> None:
+    """Interrupt a statement that runs past `seconds` ("interrupted"): SQLite has no setting
+    for it, but calls a progress handler every few thousand steps of a statement."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        deadline = [math.inf]  # set by on_execute as a statement starts
+        record.info[_DEADLINE] = deadline
+
+        def past_deadline() -> bool:  # runs in aiosqlite's thread, during the statement
+            return time.monotonic() > deadline[0]
+
+        await_(dbapi_connection.driver_connection.set_progress_handler(past_deadline, _SQLITE_STEPS))
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def on_execute(connection: Connection, *_args: Any) -> None:
+        connection.info[_DEADLINE][0] = time.monotonic() + seconds
+
+
+_DEADLINE = "blogapi_statement_deadline"
+_SQLITE_STEPS = 10_000
+"""Virtual machine steps between two looks at the clock: well under a millisecond."""
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

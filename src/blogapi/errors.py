@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 RETRY_AFTER_SECONDS = "1"
+STATEMENT_TIMEOUT_TYPE = "urn:blogapi:problem:statement-timeout"
+"""The problem type of a 503 for a statement cut off at STATEMENT_TIMEOUT_MS."""
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))  # RFC 9110 9.2.1: they change nothing
 
@@ -118,8 +120,11 @@ def problem_response(
     *,
     headers: Mapping[str, str] | None = None,
     errors: list[FieldError] | None = None,
+    type_: str = "about:blank",
 ) -> JSONResponse:
-    problem = Problem(title=HTTPStatus(status).phrase, status=status, detail=detail, errors=errors)
+    problem = Problem(
+        type=type_, title=HTTPStatus(status).phrase, status=status, detail=detail, errors=errors
+    )
     return JSONResponse(
         problem.model_dump(exclude_none=True),
         status_code=status,
@@ -278,8 +283,31 @@ async def _stale_data(request: Request, exc: Exception) -> JSONResponse:
     return _retry_later(request, f"stale version: {database_cause(request, exc)}")
 
 
+def is_statement_timeout(exc: sa_exc.DBAPIError) -> bool:
+    """A statement cut off at the time limit (db.create_engine sets it per connection)."""
+    error = exc.orig
+    if getattr(error, "sqlstate", None) == "57014":  # PostgreSQL: canceling statement
+        return True
+    arguments = getattr(error, "args", ())
+    if arguments and arguments[0] == 1969:  # MariaDB: max_statement_time exceeded
+        return True
+    return isinstance(exc, sa_exc.OperationalError) and str(error) == "interrupted"  # SQLite
+
+
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, sa_exc.DBAPIError)
+    if is_statement_timeout(exc):
+        # Never retried: a statement that ran out of time would run out of it again, and
+        # each attempt would add its load to whatever made it slow.
+        logger.warning(
+            "statement timeout on %s %s: %s", request.method, request.url.path, database_cause(request, exc)
+        )
+        return problem_response(
+            HTTPStatus.SERVICE_UNAVAILABLE,
+            "the request took too long in the database; retry shortly",
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+            type_=STATEMENT_TIMEOUT_TYPE,
+        )
     if is_transient(exc):
         return _retry_later(request, database_cause(request, exc))
     if is_retryable_disconnect(exc, request.method):
