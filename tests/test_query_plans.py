@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from conftest import StatementCounter
 from sqlalchemy import event, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -249,3 +250,17 @@ async def test_every_list_statement_reads_a_page_through_an_index_whatever_the_t
         plan = await plan_of(connection, case.build(), values)
     faults = FAULTS[connection.dialect.name](plan, case.first_page)
     assert not faults, (faults, plan)
+
+
+async def test_mariadbs_join_order_and_index_hint_are_sent_every_time_and_only_to_mariadb(
+    database: Database, statements: StatementCounter, backend: str
+) -> None:
+    first_page = posts_service._posts_query(by_author=False, by_tag=False, by_title=False, after=False)
+    async with database.read_engine.connect() as connection:
+        for _ in range(2):  # compiled, then from SQLAlchemy's statement cache
+            await connection.execute(first_page, {"limit": PAGE})
+    sent = [sql for sql in statements.statements if "FROM post" in sql]
+    assert len(sent) == 2
+    for sql in sent:
+        hinted = "SELECT STRAIGHT_JOIN" in sql and "post FORCE INDEX (ix_post_created_at_id)" in sql
+        assert hinted is (backend == "mariadb"), sql
