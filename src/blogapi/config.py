@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     max_overflow: int = Field(default=0, ge=0)
     pool_timeout: float = Field(default=5.0, gt=0)
     pool_recycle: int = Field(default=1800, ge=-1)
+    # The longest a statement of the app may run (0: no limit); a list reads a page in
+    # milliseconds, so one past this is scanning: cut off with a 503, not left to run on
+    # after its client has gone. Migrations are not limited.
+    statement_timeout_ms: int = Field(default=5000, ge=0)
     # Argon2 is CPU-bound: hashing on every core at once would starve the event loop.
     hash_concurrency: int = Field(default_factory=lambda: max(1, (os.cpu_count() or 2) // 2), ge=1)
     idempotency_key_hours: int = Field(default=24, ge=1)

@@ -8,6 +8,8 @@ policy are a change to this module alone.
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 import unicodedata
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -18,7 +20,24 @@ from pathlib import Path
 from typing import Annotated, Any, TypeAlias
 
 from fastapi import Depends, Request
-from sqlalchemy import DateTime, Dialect, Executable, MetaData, Row, Select, String, event, make_url, text
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    DateTime,
+    Dialect,
+    Executable,
+    MetaData,
+    Row,
+    Select,
+    SQLColumnExpression,
+    String,
+    and_,
+    event,
+    make_url,
+    or_,
+    text,
+    tuple_,
+)
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.engine.default import DefaultExecutionContext
@@ -30,9 +49,12 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, NullPool
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.schema import ColumnCollectionConstraint
+from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import TypeDecorator, TypeEngine
 from sqlalchemy.util import await_
 from sqlalchemy.util.queue import Empty, Full, QueueCommon
@@ -219,16 +241,53 @@ def create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
             "pool_timeout": settings.pool_timeout,
             "pool_recycle": settings.pool_recycle,
         }
+    # The app's statements have a time limit, set once per connection (no round trip per
+    # request); migrations and scripts (`pooled=False`) have none.
+    timeout_ms = settings.statement_timeout_ms if pooled else 0
     if backend == "postgresql":
-        options["connect_args"] = {"server_settings": {"application_name": "blogapi"}}
+        server_settings = {"application_name": "blogapi"}
+        if timeout_ms:
+            server_settings["statement_timeout"] = str(timeout_ms)
+        options["connect_args"] = {"server_settings": server_settings}
     elif backend in ("mysql", "mariadb"):
         # REPEATABLE READ's gap locks turn concurrent inserts on a unique index into
         # deadlocks; READ COMMITTED is what PostgreSQL does by default.
         options["isolation_level"] = "READ COMMITTED"
+        if timeout_ms:
+            # MariaDB limits SELECTs only (reads, and the reads of a write transaction).
+            options["connect_args"] = {
+                "init_command": f"SET SESSION max_statement_time = {timeout_ms / 1000}"
+            }
     engine = create_async_engine(url, **options)
     if backend == "sqlite":
         _configure_sqlite(engine)
+        if timeout_ms:
+            _limit_sqlite_statements(engine, timeout_ms / 1000)
     return engine
+
+
+def _limit_sqlite_statements(engine: AsyncEngine, seconds: float) -> None:
+    """Interrupt a statement that runs past `seconds` ("interrupted"): SQLite has no setting
+    for it, but calls a progress handler every few thousand steps of a statement."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        deadline = [math.inf]  # set by on_execute as a statement starts
+        record.info[_DEADLINE] = deadline
+
+        def past_deadline() -> bool:  # runs in aiosqlite's thread, during the statement
+            return time.monotonic() > deadline[0]
+
+        await_(dbapi_connection.driver_connection.set_progress_handler(past_deadline, _SQLITE_STEPS))
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def on_execute(connection: Connection, *_args: Any) -> None:
+        connection.info[_DEADLINE][0] = time.monotonic() + seconds
+
+
+_DEADLINE = "blogapi_statement_deadline"
+_SQLITE_STEPS = 10_000
+"""Virtual machine steps between two looks at the clock: well under a millisecond."""
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
@@ -444,3 +503,46 @@ def violates(error: IntegrityError, constraint_name: str) -> bool:
                 columns = ", ".join(f"{table.name}.{column.name}" for column in constraint.columns)
                 return message.endswith(f"constraint failed: {columns}")
     return False
+
+
+class _RowBefore(ColumnElement[bool]):
+    """`(a, b) < (x, y)`, in the form each backend's optimizer can seek an index with (see row_before)."""
+
+    inherit_cache = True
+    _traverse_internals = [  # noqa: RUF012  (SQLAlchemy's cache key protocol)
+        ("row", InternalTraversal.dp_clauseelement),
+        ("expanded", InternalTraversal.dp_clauseelement),
+    ]
+    type = Boolean()
+    _is_implicitly_boolean = True  # else a WHERE on a backend without booleans appends `= 1`
+
+    def __init__(self, row: ColumnElement[bool], expanded: ColumnElement[bool]) -> None:
+        self.row = row
+        self.expanded = expanded
+
+
+@compiles(_RowBefore)
+def _compile_row_before(element: _RowBefore, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.row, **kw)
+
+
+@compiles(_RowBefore, "mysql")
+@compiles(_RowBefore, "mariadb")
+def _compile_expanded_row_before(element: _RowBefore, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.expanded, **kw)
+
+
+def row_before(
+    leading: SQLColumnExpression[Any], tie: SQLColumnExpression[Any], after: tuple[Any, Any]
+) -> ColumnElement[bool]:
+    """`(leading, tie) < after`: a keyset page's position, as a condition an index on
+    (..., leading, tie) seeks to whatever the depth, rather than a filter over every newer row.
+
+    PostgreSQL and SQLite take the row comparison as an index condition. MariaDB 10.11
+    does not (it reads the index from its start, `type: index`); there it is
+    `leading <= x AND (leading < x OR tie < y)`, whose first term is a range.
+    """
+    value, tie_value = after
+    row = tuple_(leading, tie) < tuple_(value, tie_value)
+    expanded = and_(leading <= value, or_(leading < value, tie < tie_value))
+    return _RowBefore(row, expanded)

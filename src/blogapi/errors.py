@@ -54,6 +54,7 @@ class ProblemType(StrEnum):
     TOO_MANY_REQUESTS = PROBLEM_TYPE_BASE + "too-many-requests"
     INTERNAL_ERROR = PROBLEM_TYPE_BASE + "internal-error"
     SERVICE_UNAVAILABLE = PROBLEM_TYPE_BASE + "service-unavailable"
+    STATEMENT_TIMEOUT = PROBLEM_TYPE_BASE + "statement-timeout"
 
     @property
     def slug(self) -> str:
@@ -150,6 +151,12 @@ PROBLEM_KINDS: dict[ProblemType, ProblemKind] = {
         "The database is unavailable or busy, or the request kept conflicting with concurrent ones:"
         " retry after `Retry-After` seconds.",
         "the database is unavailable; retry shortly",
+    ),
+    ProblemType.STATEMENT_TIMEOUT: ProblemKind(
+        HTTPStatus.SERVICE_UNAVAILABLE,
+        "A statement ran past `STATEMENT_TIMEOUT_MS` and the database cut it off: retry after"
+        " `Retry-After` seconds, or ask for less (a narrower filter, a smaller page).",
+        "the request took too long in the database; retry shortly",
     ),
 }
 
@@ -495,8 +502,31 @@ async def _stale_data(request: Request, exc: Exception) -> JSONResponse:
     return _retry_later(request, f"stale version: {database_cause(request, exc)}")
 
 
+def is_statement_timeout(exc: sa_exc.DBAPIError) -> bool:
+    """A statement cut off at the time limit (db.create_engine sets it per connection)."""
+    error = exc.orig
+    if getattr(error, "sqlstate", None) == "57014":  # PostgreSQL: canceling statement
+        return True
+    arguments = getattr(error, "args", ())
+    if arguments and arguments[0] == 1969:  # MariaDB: max_statement_time exceeded
+        return True
+    return isinstance(exc, sa_exc.OperationalError) and str(error) == "interrupted"  # SQLite
+
+
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, sa_exc.DBAPIError)
+    if is_statement_timeout(exc):
+        # Never retried: a statement that ran out of time would run out of it again, and
+        # each attempt would add its load to whatever made it slow.
+        logger.warning(
+            "statement timeout on %s %s: %s", request.method, request.url.path, database_cause(request, exc)
+        )
+        return problem_response(
+            HTTPStatus.SERVICE_UNAVAILABLE,
+            "the request took too long in the database; retry shortly",
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+            problem_type=ProblemType.STATEMENT_TIMEOUT,
+        )
     if is_transient(exc):
         return _retry_later(request, database_cause(request, exc))
     if is_retryable_disconnect(exc, request.method):

@@ -19,6 +19,7 @@ from blogapi.db import (
     escape_like,
     fold_for_search,
     insert_missing,
+    row_before,
     utcnow,
     violates,
 )
@@ -43,11 +44,11 @@ _POST_LOADS = (
 # contain the comma). No entities, no identity map: most of a read's cost otherwise.
 # Each read statement is built once, with bound parameters for every value, so that its
 # cache key (a walk over the whole statement) is computed once too, not per request.
+# Each tag is looked up by its primary key: as a join, PostgreSQL may hash the whole tag
+# table for every post of the page when it holds few tags.
+_TAG_NAME = select(Tag.name).where(Tag.id == post_tag.c.tag_id).scalar_subquery()
 _TAG_NAMES = (
-    select(func.aggregate_strings(Tag.name, ","))
-    .join(post_tag, post_tag.c.tag_id == Tag.id)
-    .where(post_tag.c.post_id == Post.id)
-    .scalar_subquery()
+    select(func.aggregate_strings(_TAG_NAME, ",")).where(post_tag.c.post_id == Post.id).scalar_subquery()
 )
 _POST_VIEW = select(
     Post.id,
@@ -216,9 +217,13 @@ def _posts_query(*, by_author: bool, by_tag: bool, by_title: bool, after: bool) 
     if after:  # newest first: the page continues with older posts, ties broken by id
         created_at = bindparam("after_created_at", type_=UTCDateTime)
         post_id = bindparam("after_id", type_=Integer)
-        query = query.where(
-            or_(Post.created_at < created_at, and_(Post.created_at == created_at, Post.id < post_id))
-        )
+        query = query.where(row_before(Post.created_at, Post.id, (created_at, post_id)))
+    if not (by_tag or by_title):
+        index = "ix_post_author_id_created_at_id" if by_author else "ix_post_created_at_id"
+        for dialect in ("mysql", "mariadb"):
+            query = query.prefix_with("STRAIGHT_JOIN", dialect=dialect).with_hint(
+                Post, f"FORCE INDEX ({index})", dialect_name=dialect
+            )
     return query.order_by(Post.created_at.desc(), Post.id.desc()).limit(bindparam("limit"))
 
 
