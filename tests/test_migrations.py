@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+import sqlalchemy as sa
 from alembic import command
 from sqlalchemy import func, insert, inspect, select
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -119,5 +120,48 @@ async def test_a_migration_that_copies_tables_keeps_every_row_and_autoincrement(
                 schema = (await connection.exec_driver_sql("SELECT sql FROM sqlite_master")).scalars().all()
                 autoincrement = [sql for sql in schema if sql and "AUTOINCREMENT" in sql]
                 assert len(autoincrement) == 2, schema
+    finally:
+        await engine.dispose()
+
+
+async def test_upgrading_counts_each_tags_links_and_dates_each_link_as_its_post(
+    scratch_database_url: str,
+) -> None:
+    config = alembic_config(scratch_database_url)
+    await asyncio.to_thread(command.upgrade, config, "5d0c3a7e9b21")
+    engine = create_async_engine(scratch_database_url)
+    user, post, tag = (Base.metadata.tables[name] for name in ("user", "post", "tag"))
+    # The tables as they were before the counts and the links' dates.
+    old_tag = sa.table("tag", sa.column("id"), sa.column("name"))
+    old_link = sa.table("post_tag", sa.column("post_id"), sa.column("tag_id"))
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                insert(user),
+                {"id": 1, "name": "u", "name_folded": "u", "email": "u@example.com",
+                 "password_hash": "x", "is_admin": False, "created_at": start, "updated_at": start,
+                 "version": 1, "token_version": 1},
+            )  # fmt: skip
+            await connection.execute(
+                insert(post),
+                [
+                    {"id": n, "author_id": 1, "title": "t", "title_folded": "t", "body": "",
+                     "created_at": start + timedelta(hours=n), "updated_at": start, "version": 1}
+                    for n in range(1, 6)
+                ],
+            )  # fmt: skip
+            await connection.execute(
+                insert(old_tag), [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "c"}]
+            )
+            links = [(1, 1), (2, 1), (3, 1), (4, 2), (5, 2), (5, 1)]
+            await connection.execute(insert(old_link), [{"post_id": p, "tag_id": t} for p, t in links])
+        await asyncio.to_thread(command.upgrade, config, "head")
+        async with engine.connect() as connection:
+            counts = dict((await connection.execute(select(tag.c.name, tag.c.post_count))).all())
+            link_table = Base.metadata.tables["post_tag"]
+            dates = (await connection.execute(select(link_table.c.post_id, link_table.c.created_at))).all()
+        assert counts == {"a": 4, "b": 2, "c": 0}
+        assert sorted(dates) == sorted((post_id, start + timedelta(hours=post_id)) for post_id, _ in links)
     finally:
         await engine.dispose()

@@ -107,14 +107,21 @@ async def seed_database(settings: Settings, users: int, posts_per_user: int, ran
                             insert(Post).returning(Post.id, sort_by_parameter_order=True), post_rows
                         )
                     )
-                    tag_rows = [
-                        {"post_id": post_id, "tag_id": tag_id, "created_at": post_row["created_at"]}
-                        for post_id, post_row in zip(post_ids, post_rows, strict=True)
+                    links_of = [
+                        (post_id, tag_id)
+                        for post_id in post_ids
                         for tag_id in rng.sample(tag_ids, rng.randint(0, 4))
+                    ]
+                    written_at = {
+                        post_id: row["created_at"] for post_id, row in zip(post_ids, post_rows, strict=True)
+                    }
+                    tag_rows = [
+                        {"post_id": post_id, "tag_id": tag_id, "created_at": written_at[post_id]}
+                        for post_id, tag_id in links_of
                     ]
                     if tag_rows:
                         await session.execute(insert(post_tag), tag_rows)
-                        links = Counter(row["tag_id"] for row in tag_rows)
+                        links = Counter(tag_id for _, tag_id in links_of)
                         # On the connection: a list of parameters would make the session's
                         # execute an ORM bulk UPDATE by primary key.
                         await (await session.connection()).execute(

@@ -13,7 +13,6 @@ from typing import Any
 import httpx
 from conftest import Account, Accounts
 from sqlalchemy import event, func, select
-from sqlalchemy.exc import DBAPIError
 
 from blogapi.db import Database
 from blogapi.posts.models import Post, Tag, post_tag
@@ -114,9 +113,10 @@ async def test_counts_stay_exact_after_concurrent_tagging_retagging_and_deletes(
 
     for response in responses:
         request = response.request
-        cats_post = request.url.path.startswith(f"{API}/posts/") and owner.get(
-            int(request.url.path.rsplit("/", 1)[1])
-        ) is cat
+        cats_post = (
+            request.url.path.startswith(f"{API}/posts/")
+            and owner.get(int(request.url.path.rsplit("/", 1)[1])) is cat
+        )
         # A retag of cat's post loses the race to cat's deletion with a 404, or wins it.
         expected = {200, 404} if cats_post else {200, 201, 204}
         assert response.status_code in expected, (request.method, request.url, response.text)
