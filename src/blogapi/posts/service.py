@@ -7,7 +7,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import Executable, Integer, Row, and_, bindparam, func, insert, or_, select
+from sqlalchemy import Executable, Integer, Row, bindparam, func, insert, or_, select
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import joinedload, selectinload
@@ -300,8 +300,10 @@ def _posts_query(*, by_author: bool, by_tag: bool, by_title: bool, after: bool) 
     if after:  # newest first: the page continues with older posts, ties broken by id
         created_at = bindparam("after_created_at", type_=UTCDateTime)
         post_id = bindparam("after_id", type_=Integer)
+        # Bounding created_at alone lets the index seek to the position (the OR only filters
+        # the ties of one instant there): a deep page reads a page, not every row before it.
         query = query.where(
-            or_(created_at_column < created_at, and_(created_at_column == created_at, id_column < post_id))
+            created_at_column <= created_at, or_(created_at_column < created_at, id_column < post_id)
         )
     return query.order_by(created_at_column.desc(), id_column.desc()).limit(bindparam("limit"))
 
