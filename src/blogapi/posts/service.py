@@ -231,9 +231,9 @@ async def update_post(
 async def _retag(session: AsyncSession, post: Post, names: Sequence[str]) -> None:
     """Replace the (locked) post's tags with `names`: links and counts in Core, so that the
     new links carry the post's created_at and each count moves with its link."""
-    kept = set(names)
+    kept, current = set(names), {tag.name for tag in post.tags}
     removed = [tag for tag in post.tags if tag.name not in kept]
-    added = [name for name in names if name not in {tag.name for tag in post.tags}]
+    added = [name for name in names if name not in current]
     connection = await session.connection()
     await _count_links(connection, {tag.name: -1 for tag in removed} | dict.fromkeys(added, 1))
     if removed:
