@@ -97,6 +97,31 @@ async def test_seed_inserts_the_requested_users_posts_and_tags(scratch_database_
     assert links > 0
 
 
+async def test_seeding_counts_each_tags_links_and_dates_each_link_as_its_post(
+    scratch_database_url: str,
+) -> None:
+    await migrate(scratch_database_url)
+    for _ in range(2):  # the second run adds to the counts of the first
+        result = await blogapi(scratch_database_url, "seed", "--users", "10", "--posts-per-user", "3")
+        assert result.returncode == 0, result.stderr
+    engine = create_async_engine(scratch_database_url)
+    async with engine.connect() as connection:
+        links = select(func.count()).where(post_tag.c.tag_id == Tag.id).scalar_subquery()
+        miscounted = await connection.scalar(
+            select(func.count()).select_from(Tag).where(Tag.post_count != links)
+        )
+        total = await connection.scalar(select(func.sum(Tag.post_count)))
+        misdated = await connection.scalar(
+            select(func.count())
+            .select_from(post_tag)
+            .join(Post, Post.id == post_tag.c.post_id)
+            .where(post_tag.c.created_at != Post.created_at)
+        )
+    await engine.dispose()
+    assert (miscounted, misdated) == (0, 0)
+    assert total == (await count(scratch_database_url, post_tag))[0] > 0
+
+
 async def test_seeding_twice_adds_more_users_instead_of_colliding(scratch_database_url: str) -> None:
     await migrate(scratch_database_url)
     for _ in range(2):

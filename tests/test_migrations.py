@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from alembic import command
@@ -65,7 +65,8 @@ async def test_constraints_carry_the_names_of_the_naming_convention(scratch_data
     names = await _constraint_names(scratch_database_url)
     assert {"fk_post_author_id_user", "fk_post_tag_post_id_post", "fk_post_tag_tag_id_tag"} <= names
     # SQLite reports unique constraints unnamed when created inline; the others keep the name.
-    assert {"ix_post_created_at_id", "ix_post_author_id_created_at_id", "ix_post_tag_tag_id"} <= names
+    assert {"ix_post_created_at_id", "ix_post_author_id_created_at_id"} <= names
+    assert {"ix_post_tag_tag_id_created_at_post_id", "ix_tag_post_count_name"} <= names
 
 
 def test_every_constraint_in_the_metadata_has_a_deterministic_name() -> None:
@@ -170,3 +171,46 @@ async def test_upgrading_normalises_stored_emails_unless_the_normal_form_is_take
         3: "zoe\u0308@example.com",
         4: "zo\u00eb@example.com",
     }
+
+
+async def test_upgrading_counts_each_tags_links_and_dates_each_link_as_its_post(
+    scratch_database_url: str,
+) -> None:
+    config = alembic_config(scratch_database_url)
+    await asyncio.to_thread(command.upgrade, config, "5d0c3a7e9b21")
+    engine = create_async_engine(scratch_database_url)
+    user, post, tag = (Base.metadata.tables[name] for name in ("user", "post", "tag"))
+    # The tables as they were before the counts and the links' dates.
+    old_tag = sa.table("tag", sa.column("id"), sa.column("name"))
+    old_link = sa.table("post_tag", sa.column("post_id"), sa.column("tag_id"))
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                insert(user),
+                {"id": 1, "name": "u", "name_folded": "u", "email": "u@example.com",
+                 "password_hash": "x", "is_admin": False, "created_at": start, "updated_at": start,
+                 "version": 1, "token_version": 1},
+            )  # fmt: skip
+            await connection.execute(
+                insert(post),
+                [
+                    {"id": n, "author_id": 1, "title": "t", "title_folded": "t", "body": "",
+                     "created_at": start + timedelta(hours=n), "updated_at": start, "version": 1}
+                    for n in range(1, 6)
+                ],
+            )  # fmt: skip
+            await connection.execute(
+                insert(old_tag), [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "c"}]
+            )
+            links = [(1, 1), (2, 1), (3, 1), (4, 2), (5, 2), (5, 1)]
+            await connection.execute(insert(old_link), [{"post_id": p, "tag_id": t} for p, t in links])
+        await asyncio.to_thread(command.upgrade, config, "head")
+        async with engine.connect() as connection:
+            counts = dict((await connection.execute(select(tag.c.name, tag.c.post_count))).all())
+            link_table = Base.metadata.tables["post_tag"]
+            dates = (await connection.execute(select(link_table.c.post_id, link_table.c.created_at))).all()
+        assert counts == {"a": 4, "b": 2, "c": 0}
+        assert sorted(dates) == sorted((post_id, start + timedelta(hours=post_id)) for post_id, _ in links)
+    finally:
+        await engine.dispose()

@@ -64,8 +64,13 @@ WITH new_post AS (
     INSERT INTO post (author_id, title, body, created_at, updated_at, title_folded)
     VALUES ($1, $2, $3, $4, $4, $6) RETURNING id, author_id
 ), links AS (
-    INSERT INTO post_tag (post_id, tag_id)
-    SELECT new_post.id, tag.id FROM new_post, tag WHERE tag.name = ANY($5::text[])
+    INSERT INTO post_tag (post_id, tag_id, created_at)
+    SELECT new_post.id, tag.id, $4 FROM new_post, tag WHERE tag.name = ANY($5::text[])
+), counted AS (
+    -- blogapi's tag.post_count, in the post's statement; tags locked in name order, as blogapi does
+    UPDATE tag SET post_count = tag.post_count + 1
+    FROM (SELECT id FROM tag WHERE name = ANY($5::text[]) ORDER BY name FOR UPDATE) AS locked
+    WHERE tag.id = locked.id
 )
 SELECT new_post.id, u.name FROM new_post JOIN "user" u ON u.id = new_post.author_id
 """

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
 from faker import Faker
 from rich.progress import Progress
-from sqlalchemy import func, insert, select
+from sqlalchemy import bindparam, func, insert, select, update
 
 from blogapi.auth.security import hash_password
 from blogapi.config import Settings
@@ -27,6 +28,10 @@ TAG_VOCABULARY = (
     "machine-learning", "open-source", "tools", "architecture",
 )  # fmt: skip
 BATCH = 2_000
+# The links' counts, added in tag id order (the order every writer locks tags in).
+_ADD_TO_COUNT = (
+    update(Tag).where(Tag.id == bindparam("tag_id")).values(post_count=Tag.post_count + bindparam("links"))
+)
 
 
 async def create_admin(settings: Settings, *, email: str, name: str, password: str) -> int:
@@ -102,13 +107,27 @@ async def seed_database(settings: Settings, users: int, posts_per_user: int, ran
                             insert(Post).returning(Post.id, sort_by_parameter_order=True), post_rows
                         )
                     )
-                    tag_rows = [
-                        {"post_id": post_id, "tag_id": tag_id}
+                    links_of = [
+                        (post_id, tag_id)
                         for post_id in post_ids
                         for tag_id in rng.sample(tag_ids, rng.randint(0, 4))
                     ]
+                    written_at = {
+                        post_id: row["created_at"] for post_id, row in zip(post_ids, post_rows, strict=True)
+                    }
+                    tag_rows = [
+                        {"post_id": post_id, "tag_id": tag_id, "created_at": written_at[post_id]}
+                        for post_id, tag_id in links_of
+                    ]
                     if tag_rows:
                         await session.execute(insert(post_tag), tag_rows)
+                        links = Counter(tag_id for _, tag_id in links_of)
+                        # On the connection: a list of parameters would make the session's
+                        # execute an ORM bulk UPDATE by primary key.
+                        await (await session.connection()).execute(
+                            _ADD_TO_COUNT,
+                            [{"tag_id": tag_id, "links": links[tag_id]} for tag_id in sorted(links)],
+                        )
                     progress.advance(post_task, len(post_ids))
     finally:
         await database.dispose()

@@ -125,6 +125,29 @@ async def test_no_tags_are_listed_once_every_post_is_deleted(
     assert await list_tags(client) == {"items": [], "next_cursor": None}
 
 
+async def test_deleting_an_author_uncounts_the_tags_of_their_posts(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    ann = await accounts.create()
+    bob = await accounts.create()
+    await create_post(client, ann, ["mine", "shared"])
+    await create_post(client, ann, ["shared"])
+    await create_post(client, bob, ["shared"])
+    assert (await client.delete(f"{API}/users/{ann.id}", headers=ann.headers)).status_code == 204
+    assert counts(await list_tags(client)) == [("shared", 1)]
+
+
+async def test_retagging_a_post_with_its_own_tags_keeps_the_counts(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    ann = await accounts.create()
+    post_id = await create_post(client, ann, ["a", "b"])
+    response = await client.patch(f"{API}/posts/{post_id}", json={"tags": ["b", "a"]}, headers=ann.headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["tags"] == ["a", "b"]
+    assert counts(await list_tags(client)) == [("a", 1), ("b", 1)]
+
+
 async def test_removing_a_tag_from_a_post_updates_the_counts(
     client: httpx.AsyncClient, accounts: Accounts
 ) -> None:

@@ -30,15 +30,25 @@ post_tag = Table(
     "post_tag",
     Base.metadata,
     Column("post_id", ForeignKey("post.id", ondelete="CASCADE"), primary_key=True),
-    Column("tag_id", ForeignKey("tag.id", ondelete="CASCADE"), primary_key=True, index=True),
+    Column("tag_id", ForeignKey("tag.id", ondelete="CASCADE"), primary_key=True),
+    # The post's created_at, written with the link (a post's created_at never changes): a
+    # tag's posts are then one range of the index below, in the main list's page order.
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_post_tag_tag_id_created_at_post_id", "tag_id", "created_at", "post_id"),
 )
 
 
 class Tag(Base):
     __tablename__ = "tag"
-
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(binary_string(TAG_MAX), unique=True)
+    post_count: Mapped[int] = mapped_column(server_default=text("0"))
+    """How many posts carry the tag: changed with the links, in the same transaction
+    (posts/service.py), so it is exact; a tag at 0 is not listed."""
+
+
+# GET /tags: most used first, ties by name; a page is one range of this index.
+Index("ix_tag_post_count_name", Tag.post_count.desc(), Tag.name)
 
 
 class Post(Base):

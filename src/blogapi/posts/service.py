@@ -7,10 +7,12 @@ from datetime import datetime
 from functools import cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import Executable, Integer, Row, and_, bindparam, func, insert, or_, select
+from sqlalchemy import Executable, Integer, Row, bindparam, func, insert, select
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import joinedload, selectinload
+from sqlalchemy.orm.attributes import set_committed_value
 
 from blogapi.db import (
     LIKE_ESCAPE,
@@ -18,7 +20,6 @@ from blogapi.db import (
     UTCDateTime,
     escape_like,
     fold_for_search,
-    insert_missing,
     row_before,
     utcnow,
     violates,
@@ -63,6 +64,20 @@ _POST_VIEW = select(
 ).join(User, User.id == Post.author_id)
 _POST_BY_ID = _POST_VIEW.where(Post.id == bindparam("post_id"))
 
+# `?tag=` reads one tag's links, newest first, as a range of ix_post_tag_tag_id_created_at_post_id
+# (a link carries its post's created_at): the tag's id is looked up once, by name (an unknown
+# tag matches no link), then each post and its author by primary key. MariaDB is told the
+# join order; left to itself it may walk the posts and probe each one's links.
+_TAG_ID = select(Tag.id).where(Tag.name == bindparam("tag")).scalar_subquery()
+_TAGGED_POST_VIEW = (
+    select(*_POST_VIEW.selected_columns)
+    .select_from(post_tag)
+    .join(Post, Post.id == post_tag.c.post_id)
+    .join(User, User.id == Post.author_id)
+    .where(post_tag.c.tag_id == _TAG_ID)
+    .prefix_with("STRAIGHT_JOIN", dialect="mysql")
+)
+
 
 class PostView(NamedTuple):
     post: PostRead
@@ -93,17 +108,35 @@ def to_read(post: Post) -> PostRead:
     )
 
 
-async def _tags_named(session: AsyncSession, names: Sequence[str]) -> list[Tag]:
-    """The tags with these names, creating the missing ones without racing other requests."""
-    if not names:
-        return []
-    await insert_missing(await session.connection(), Tag, [{"name": name} for name in names])
-    return list(await session.scalars(select(Tag).where(Tag.name.in_(names)).order_by(Tag.name)))
+@cache
+def _count_tags(dialect: str) -> Executable:
+    """Add each row's `post_count` to the tag named `name`, creating the tags that are new."""
+    if dialect == "postgresql" or dialect == "sqlite":
+        upsert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(Tag)
+        return upsert.on_conflict_do_update(
+            index_elements=[Tag.name], set_={"post_count": Tag.post_count + upsert.excluded.post_count}
+        )
+    statement = mysql.insert(Tag)
+    return statement.on_duplicate_key_update({"post_count": Tag.post_count + statement.inserted.post_count})
 
 
-# Creating a post is three Core statements in the request's transaction: the tags that are
-# new, the post (its id and version returned), and its tag links selected by name. The
-# unit of work would add a SELECT of the tags and most of a POST's CPU.
+async def _count_links(connection: AsyncConnection, changes: dict[str, int]) -> None:
+    """Change the post counts of the named tags by as many links as each gained (or lost).
+
+    One statement per transaction, its rows in name order: an increment is atomic, and two
+    transactions that change the same tags lock them in the same order, so they queue
+    instead of deadlocking. A tag gaining a link is created if it is new, without racing
+    another request creating it.
+    """
+    rows = [{"name": name, "post_count": change} for name, change in sorted(changes.items()) if change]
+    if rows:
+        await connection.execute(_count_tags(connection.dialect.name), rows)
+
+
+# Creating a post is three Core statements in the request's transaction: the post (its id
+# and version returned), its tags (the new ones created, every count incremented), and its
+# tag links selected by name. The unit of work would add a SELECT of the tags and most of a
+# POST's CPU.
 _INSERT_POST = insert(Post).returning(Post.id, Post.version)
 
 
@@ -117,8 +150,16 @@ def _link_tags(count: int) -> Executable:
     """
     names = [bindparam(f"name_{number}", type_=Tag.name.type) for number in range(count)]
     return insert(post_tag).from_select(
-        ["post_id", "tag_id"], select(bindparam("post_id", type_=Integer), Tag.id).where(Tag.name.in_(names))
+        ["post_id", "tag_id", "created_at"],
+        select(bindparam("post_id", type_=Integer), Tag.id, bindparam("created_at", type_=UTCDateTime)).where(
+            Tag.name.in_(names)
+        ),
     )
+
+
+_UNLINK_TAGS = post_tag.delete().where(
+    post_tag.c.post_id == bindparam("post_id"), post_tag.c.tag_id.in_(bindparam("tag_ids", expanding=True))
+)
 
 
 async def create_post(connection: AsyncConnection, author: Account, data: PostCreate) -> PostView:
@@ -140,9 +181,9 @@ async def create_post(connection: AsyncConnection, author: Account, data: PostCr
             raise Unauthorized(CALLER_GONE) from exc
         raise
     if data.tags:  # distinct and sorted by the schema
-        await insert_missing(connection, Tag, [{"name": name} for name in data.tags])
+        await _count_links(connection, dict.fromkeys(data.tags, 1))
         names = {f"name_{number}": name for number, name in enumerate(data.tags)}
-        await connection.execute(_link_tags(len(data.tags)), {"post_id": post_id, **names})
+        await connection.execute(_link_tags(len(data.tags)), {"post_id": post_id, "created_at": now, **names})
     post = PostRead(
         id=post_id,
         title=data.title,
@@ -189,7 +230,7 @@ async def update_post(
     if not changes:
         return post
     if "tags" in changes:
-        post.tags = await _tags_named(session, changes.pop("tags"))
+        await _retag(session, post, changes.pop("tags"))
     for field, value in changes.items():
         setattr(post, field, value)
     # Also when only the tags (another table) changed: the post's version must move on.
@@ -198,33 +239,86 @@ async def update_post(
     return post
 
 
+async def _retag(session: AsyncSession, post: Post, names: Sequence[str]) -> None:
+    """Replace the (locked) post's tags with `names`: links and counts in Core, so that the
+    new links carry the post's created_at and each count moves with its link."""
+    kept, current = set(names), {tag.name for tag in post.tags}
+    removed = [tag for tag in post.tags if tag.name not in kept]
+    added = [name for name in names if name not in current]
+    connection = await session.connection()
+    await _count_links(connection, {tag.name: -1 for tag in removed} | dict.fromkeys(added, 1))
+    if removed:
+        await connection.execute(_UNLINK_TAGS, {"post_id": post.id, "tag_ids": [tag.id for tag in removed]})
+    if added:
+        values = {f"name_{number}": name for number, name in enumerate(added)}
+        await connection.execute(
+            _link_tags(len(added)), {"post_id": post.id, "created_at": post.created_at, **values}
+        )
+    tags = (
+        list(await session.scalars(select(Tag).where(Tag.name.in_(names)).order_by(Tag.name)))
+        if names
+        else []
+    )
+    # The links are written: the collection is set as loaded, not as a change to flush.
+    set_committed_value(post, "tags", tags)
+
+
 async def delete_post(session: AsyncSession, post_id: int, actor: Account, if_match: str | None) -> None:
     post = await _owned_post(session, post_id, actor, if_match)
+    await _count_links(await session.connection(), {tag.name: -1 for tag in post.tags})
     await session.delete(post)
     await session.flush()
+
+
+_AUTHOR_POSTS_FOR_UPDATE = (
+    select(Post.id).where(Post.author_id == bindparam("author_id")).order_by(Post.id).with_for_update()
+)
+_AUTHOR_LINKS_PER_TAG = (
+    select(Tag.name, func.count().label("links"))
+    .join(post_tag, post_tag.c.tag_id == Tag.id)
+    .join(Post, Post.id == post_tag.c.post_id)
+    .where(Post.author_id == bindparam("author_id"))
+    .group_by(Tag.name)
+)
+
+
+async def release_author_tags(session: AsyncSession, author_id: int) -> None:
+    """Uncount the tags of every post by `author_id`, whose deletion cascades to them.
+
+    The database deletes the posts and links without the service seeing them: their tags'
+    counts go down first, in the same transaction. The posts are locked first, so a retag
+    that is in flight commits before their links are counted (posts before tags, the order
+    every writer locks in).
+    """
+    connection = await session.connection()
+    await connection.execute(_AUTHOR_POSTS_FOR_UPDATE, {"author_id": author_id})
+    links = await connection.execute(_AUTHOR_LINKS_PER_TAG, {"author_id": author_id})
+    await _count_links(connection, {name: -count for name, count in links})
 
 
 @cache
 def _posts_query(*, by_author: bool, by_tag: bool, by_title: bool, after: bool) -> AnySelect:
     """The page statement for one combination of filters (16 at most); values are bound."""
-    query = _POST_VIEW
+    query = _TAGGED_POST_VIEW if by_tag else _POST_VIEW
+    # A tag's posts are in its links' order: the same (created_at, id), from the index.
+    created_at_column, id_column = (
+        (post_tag.c.created_at, post_tag.c.post_id) if by_tag else (Post.created_at, Post.id)
+    )
     if by_author:
         query = query.where(Post.author_id == bindparam("author_id"))
-    if by_tag:
-        query = query.where(Post.tags.any(Tag.name == bindparam("tag")))
     if by_title:
         query = query.where(Post.title_folded.contains(bindparam("title"), escape=LIKE_ESCAPE))
     if after:  # newest first: the page continues with older posts, ties broken by id
         created_at = bindparam("after_created_at", type_=UTCDateTime)
         post_id = bindparam("after_id", type_=Integer)
-        query = query.where(row_before(Post.created_at, Post.id, (created_at, post_id)))
+        query = query.where(row_before(created_at_column, id_column, (created_at, post_id)))
     if not (by_tag or by_title):
         index = "ix_post_author_id_created_at_id" if by_author else "ix_post_created_at_id"
         for dialect in ("mysql", "mariadb"):
             query = query.prefix_with("STRAIGHT_JOIN", dialect=dialect).with_hint(
                 Post, f"FORCE INDEX ({index})", dialect_name=dialect
             )
-    return query.order_by(Post.created_at.desc(), Post.id.desc()).limit(bindparam("limit"))
+    return query.order_by(created_at_column.desc(), id_column.desc()).limit(bindparam("limit"))
 
 
 async def list_posts(
@@ -263,29 +357,38 @@ async def list_user_posts(connection: AsyncConnection, user_id: int, params: Pag
     return page
 
 
-@cache
-def _tags_query(*, after: bool) -> AnySelect:
-    post_count = func.count(post_tag.c.post_id)
-    query = (
-        select(Tag.name, post_count.label("post_count"))
-        .join(post_tag, post_tag.c.tag_id == Tag.id)
-        .group_by(Tag.id, Tag.name)
-        .order_by(post_count.desc(), Tag.name)
-        .limit(bindparam("limit"))
-    )
-    if after:  # most used first: the page continues with rarer tags, ties in name order
-        count = bindparam("after_count", type_=Integer)
-        name = bindparam("after_name", type_=Tag.name.type)
-        query = query.having(or_(post_count < count, and_(post_count == count, Tag.name > name)))
-    return query
+# GET /tags, most used first and ties by name, in ix_tag_post_count_name's order. A page
+# after (count, name) is the rest of that count's tags, then (only if the page is not full)
+# the rarer tags: each a range of the index, where one statement with an OR would read and
+# skip every tag of that count before the position. Unused tags (count 0) are not listed.
+_TAG_COUNTS = (
+    select(Tag.name, Tag.post_count)
+    .where(Tag.post_count > 0)
+    .order_by(Tag.post_count.desc(), Tag.name)
+    .limit(bindparam("limit"))
+)
+_TAGS_TIED_AFTER = _TAG_COUNTS.where(
+    Tag.post_count == bindparam("after_count", type_=Integer),
+    Tag.name > bindparam("after_name", type_=Tag.name.type),
+)
+_TAGS_RARER_THAN = _TAG_COUNTS.where(Tag.post_count < bindparam("after_count", type_=Integer))
 
 
 async def list_tags(connection: AsyncConnection, params: PageParams) -> Page[TagRead]:
     position = params.position("tags", int, str)
-    values: dict[str, Any] = {"limit": params.limit + 1}
-    if position is not None:
-        values["after_count"], values["after_name"] = position
-    rows = list(await connection.execute(_tags_query(after=position is not None), values))
+    wanted = params.limit + 1
+    if position is None:
+        rows = list(await connection.execute(_TAG_COUNTS, {"limit": wanted}))
+    else:
+        count, name = position
+        rows = list(
+            await connection.execute(
+                _TAGS_TIED_AFTER, {"after_count": count, "after_name": name, "limit": wanted}
+            )
+        )
+        if len(rows) < wanted:
+            rarer = {"after_count": count, "limit": wanted - len(rows)}
+            rows += await connection.execute(_TAGS_RARER_THAN, rarer)
     return params.page(
         "tags",
         rows,

@@ -203,7 +203,7 @@ async def delete_user(
     user_id: UserId, session: SessionDep, me: CurrentUser, if_match: IfMatchHeader = None
 ) -> None:
     """Delete a user and, with them, all their posts."""
-    await service.delete_user(session, user_id, me, if_match)
+    await service.delete_user(session, user_id, me, if_match, release_posts=posts_service.release_author_tags)
 
 
 @router.get("/{user_id:user_id}/posts", responses=error_responses(404, 422, ProblemType.INVALID_CURSOR))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from functools import cache
 from typing import Any
@@ -241,11 +242,21 @@ async def set_admin(session: AsyncSession, email: str, *, is_admin: bool) -> Use
     return user
 
 
-async def delete_user(session: AsyncSession, user_id: int, actor: Account, if_match: str | None) -> None:
+async def delete_user(
+    session: AsyncSession,
+    user_id: int,
+    actor: Account,
+    if_match: str | None,
+    *,
+    release_posts: Callable[[AsyncSession, int], Awaitable[None]],
+) -> None:
+    """Delete the user; `release_posts(session, user_id)` first undoes what their posts hold
+    outside the rows the database cascades to (the posts domain's tag counts)."""
     user = await get_user(session, user_id, for_update=True)
     if not can_manage(actor, user):
         raise Forbidden("only the user themself or an admin may delete this user")
     require_match(if_match, user.version)
+    await release_posts(session, user.id)
     # The database cascades to the user's posts (passive_deletes): no rows are loaded.
     await session.delete(user)
     await session.flush()
