@@ -182,10 +182,12 @@ async def assert_indexed(
 
 def seeks_on(database: Database, plan: str, column: str) -> bool:
     """Whether the plan bounds `column` in an index condition (MariaDB: a range access)."""
+    # `created_at < x`, or the row comparison `(created_at, post_id) < (x, y)` that leads with it.
     if database.engine.dialect.name == "postgresql":
-        return any(f"{column} <" in line for line in plan.splitlines() if '"Index Cond"' in line)
+        conditions = [line for line in plan.splitlines() if '"Index Cond"' in line]
+        return any(f"{column} <" in line or f"ROW({column}," in line for line in conditions)
     if database.engine.dialect.name == "sqlite":
-        return f"{column}<" in plan
+        return f"{column}<" in plan or (f"({column}," in plan and ")<(" in plan)
     return "'type': 'range'" in plan
 
 

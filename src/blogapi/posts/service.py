@@ -47,9 +47,11 @@ _POST_LOADS = (
 # cache key (a walk over the whole statement) is computed once too, not per request.
 # Each tag is looked up by its primary key: as a join, PostgreSQL may hash the whole tag
 # table for every post of the page when it holds few tags.
-_TAG_NAME = select(Tag.name).where(Tag.id == post_tag.c.tag_id).scalar_subquery()
+# The post's links under their own name: `?tag=` selects these columns from post_tag too.
+_LINK = post_tag.alias("link")
+_TAG_NAME = select(Tag.name).where(Tag.id == _LINK.c.tag_id).scalar_subquery()
 _TAG_NAMES = (
-    select(func.aggregate_strings(_TAG_NAME, ",")).where(post_tag.c.post_id == Post.id).scalar_subquery()
+    select(func.aggregate_strings(_TAG_NAME, ",")).where(_LINK.c.post_id == Post.id).scalar_subquery()
 )
 _POST_VIEW = select(
     Post.id,
