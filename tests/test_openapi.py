@@ -139,3 +139,12 @@ def test_every_problem_type_is_documented_in_the_schema_and_in_docs(document: di
         assert f"`{problem_type.value}`" in described
         assert f"`{problem_type.value}`" in documented, f"docs/problems.md lacks {problem_type}"
     assert "type" in document["components"]["schemas"]["Problem"]["required"]
+
+
+def test_every_pattern_the_service_checks_is_in_the_document(document: dict[str, Any]) -> None:
+    """A validator that runs before a field's constraints can hide their pattern from the
+    JSON schema: clients and the fuzzer then see any string as valid."""
+    schemas = document["components"]["schemas"]
+    for model, field in (("UserCreate", "email"), ("UserCreate", "name"), ("PostCreate", "title")):
+        assert "pattern" in schemas[model]["properties"][field], (model, field)
+    assert "pattern" in schemas["PostCreate"]["properties"]["tags"]["items"]
