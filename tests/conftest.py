@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -28,6 +29,7 @@ import httpx
 import pytest
 from alembic import command
 from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 from sqlalchemy import delete, event, make_url, text
@@ -215,15 +217,22 @@ async def database(settings: Settings) -> AsyncIterator[Database]:
     await database.dispose()
 
 
+@asynccontextmanager
+async def serving(app: FastAPI, **transport_options: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of `app` in-process, its lifespan run (ASGITransport alone does not run it)."""
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app, **transport_options)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
+
+
 @pytest.fixture
 async def app_and_client(
     settings: Settings, database: Database
 ) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
     app = create_app(settings, database)
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield app, client
+    async with serving(app) as client:
+        yield app, client
 
 
 @pytest.fixture

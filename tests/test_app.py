@@ -8,15 +8,13 @@ import importlib
 import logging
 import re
 import tomllib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-from conftest import TEST_SECRET
+from conftest import TEST_SECRET, serving
 from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
 from starlette.middleware.base import BaseHTTPMiddleware
@@ -193,14 +191,6 @@ async def test_health_ready_runs_a_query(client: httpx.AsyncClient) -> None:
     response = await client.get("/health/ready")
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
-
-
-@asynccontextmanager
-async def serving(app: FastAPI, **transport_options: Any) -> AsyncIterator[httpx.AsyncClient]:
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app, **transport_options)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield client
 
 
 def _unreachable_database_app() -> FastAPI:

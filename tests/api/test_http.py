@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
-from conftest import Accounts, assert_problem
+from conftest import Accounts, assert_problem, serving
 from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
 
@@ -20,14 +17,6 @@ from blogapi.main import REQUEST_HEADERS, RESPONSE_HEADERS, create_app
 
 API = "/api/v1"
 ORIGIN = "https://app.example"
-
-
-@asynccontextmanager
-async def serving(app: FastAPI, **transport_options: Any) -> AsyncIterator[httpx.AsyncClient]:
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app, **transport_options)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield client
 
 
 # --- HEAD and Allow ---------------------------------------------------------------------------------

@@ -602,3 +602,45 @@ def server_env(database_url: str, **settings: object) -> dict[str, str]:
     }
     env |= {name.upper(): str(value) for name, value in settings.items()}
     return env
+
+
+async def assert_killed_idle_connections_are_replaced(
+    database_url: str,
+    kill: Callable[[], Awaitable[int]],
+    *,
+    read_first: bool,
+    pool_timeout: float,
+    request_timeout: float,
+) -> None:
+    """Warm a pool of 4, `kill` every app connection while none is in use, then every request
+    of the next rounds succeeds: the first to meet a dead one (a GET if `read_first`, else a
+    POST) fails its attempt, the pool drops them all, and the request runs again."""
+    [writer] = await create_writers(database_url, 1)
+    async with running_app(database_url, pool_size=4, max_overflow=0, pool_timeout=pool_timeout) as app:
+        async with asyncio.timeout(request_timeout):
+            warm = await asyncio.gather(
+                *(app.client.get("/api/v1/posts") for _ in range(3)),
+                *(
+                    app.client.post("/api/v1/posts", json=post_body(f"warm-{n}"), headers=writer.headers)
+                    for n in range(3)
+                ),
+            )
+        assert [response.status_code for response in warm] == [200] * 3 + [201] * 3
+        acknowledged = {response.json()["id"] for response in warm[3:]}
+
+        killed = await kill()
+        assert killed >= 2, f"only {killed} pooled connection(s) to kill"
+
+        for number in range(2 * killed):
+            async with asyncio.timeout(request_timeout):
+                if read_first:
+                    listed = await app.client.get("/api/v1/posts")
+                posted = await app.client.post(
+                    "/api/v1/posts", json=post_body(f"after-kill-{number}"), headers=writer.headers
+                )
+                if not read_first:
+                    listed = await app.client.get("/api/v1/posts")
+            assert listed.status_code == 200, listed.text
+            assert posted.status_code == 201, posted.text
+            acknowledged.add(posted.json()["id"])
+    assert_whole_and_stored(acknowledged, await tag_counts(database_url))

@@ -12,11 +12,11 @@ import pytest
 from fault_support import (
     PrivateMariaDB,
     ServerUnavailable,
+    assert_killed_idle_connections_are_replaced,
     assert_whole_and_stored,
     await_recovery,
     create_writers,
     failure_report,
-    post_body,
     run_load,
     running_app,
     tag_counts,
@@ -97,34 +97,13 @@ async def test_killed_idle_connections_are_replaced_and_the_next_requests_succee
     private_mariadb: PrivateMariaDB,
 ) -> None:
     url = await private_mariadb.new_database()
-    [writer] = await create_writers(url, 1)
-    async with running_app(url, pool_size=4, max_overflow=0, pool_timeout=POOL_TIMEOUT) as app:
-        async with asyncio.timeout(REQUEST_TIMEOUT):
-            warm = await asyncio.gather(
-                *(app.client.get("/api/v1/posts") for _ in range(3)),
-                *(
-                    app.client.post("/api/v1/posts", json=post_body(f"warm-{n}"), headers=writer.headers)
-                    for n in range(3)
-                ),
-            )
-        assert [response.status_code for response in warm] == [200] * 3 + [201] * 3
-        acknowledged = {response.json()["id"] for response in warm[3:]}
-
-        killed = await _kill_app_connections(url)
-        assert killed >= 2, f"only {killed} pooled connection(s) to kill"
-
-        # Nothing was in flight: every pooled connection is dead. The first request to use one
-        # fails its attempt, the pool drops them all, and the request runs again.
-        for number in range(2 * killed):
-            async with asyncio.timeout(REQUEST_TIMEOUT):
-                listed = await app.client.get("/api/v1/posts")
-                posted = await app.client.post(
-                    "/api/v1/posts", json=post_body(f"after-kill-{number}"), headers=writer.headers
-                )
-            assert listed.status_code == 200, listed.text
-            assert posted.status_code == 201, posted.text
-            acknowledged.add(posted.json()["id"])
-    assert_whole_and_stored(acknowledged, await tag_counts(url))
+    await assert_killed_idle_connections_are_replaced(
+        url,
+        lambda: _kill_app_connections(url),
+        read_first=True,
+        pool_timeout=POOL_TIMEOUT,
+        request_timeout=REQUEST_TIMEOUT,
+    )
 
 
 async def test_connections_killed_under_load_fail_no_read_and_at_most_the_commits_in_flight(

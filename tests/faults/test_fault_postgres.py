@@ -18,6 +18,7 @@ from fault_support import (
     PrivatePostgres,
     ServerUnavailable,
     Writer,
+    assert_killed_idle_connections_are_replaced,
     assert_whole_and_stored,
     await_recovery,
     checked_out,
@@ -112,34 +113,13 @@ async def test_a_postgresql_restart_under_load_answers_503_never_500_and_loses_n
 
 
 async def test_killed_idle_connections_are_replaced_and_the_next_requests_succeed(postgres_url: str) -> None:
-    [writer] = await create_writers(postgres_url, 1)
-    async with running_app(postgres_url, pool_size=4, max_overflow=0, pool_timeout=POOL_TIMEOUT) as app:
-        async with asyncio.timeout(REQUEST_TIMEOUT):
-            warm = await asyncio.gather(
-                *(app.client.get("/api/v1/posts") for _ in range(3)),
-                *(
-                    app.client.post("/api/v1/posts", json=post_body(f"warm-{n}"), headers=writer.headers)
-                    for n in range(3)
-                ),
-            )
-        assert [response.status_code for response in warm] == [200] * 3 + [201] * 3
-        acknowledged = {response.json()["id"] for response in warm[3:]}
-
-        killed = await _terminate_app_connections(postgres_url)
-        assert killed >= 2, f"only {killed} pooled connection(s) to kill"
-
-        # Nothing was in flight: every pooled connection is dead. The first request to use one
-        # fails its attempt, the pool drops them all, and the request runs again.
-        for number in range(2 * killed):
-            async with asyncio.timeout(REQUEST_TIMEOUT):
-                posted = await app.client.post(
-                    "/api/v1/posts", json=post_body(f"after-kill-{number}"), headers=writer.headers
-                )
-                listed = await app.client.get("/api/v1/posts")
-            assert posted.status_code == 201, posted.text
-            assert listed.status_code == 200, listed.text
-            acknowledged.add(posted.json()["id"])
-    assert_whole_and_stored(acknowledged, await tag_counts(postgres_url))
+    await assert_killed_idle_connections_are_replaced(
+        postgres_url,
+        lambda: _terminate_app_connections(postgres_url),
+        read_first=False,
+        pool_timeout=POOL_TIMEOUT,
+        request_timeout=REQUEST_TIMEOUT,
+    )
 
 
 async def test_connections_killed_under_load_fail_at_most_the_requests_in_flight_with_503(
