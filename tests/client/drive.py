@@ -16,10 +16,11 @@ import sys
 from blogapi_client import AuthenticatedClient, Client
 from blogapi_client.api.auth import issue_token
 from blogapi_client.api.posts import create_post, list_posts
-from blogapi_client.api.users import create_user
+from blogapi_client.api.users import create_user, list_users, read_user
 from blogapi_client.models import (
     LoginForm,
     PagePostRead,
+    PageUserRead,
     PostCreate,
     PostRead,
     Problem,
@@ -58,6 +59,17 @@ def main(base_url: str) -> None:
     assert second.next_cursor is None
     assert [post.title for post in first.items + second.items] == ["Post 2", "Post 1", "Post 0"]
 
+    # The token is optional on user reads: anonymous callers get no email, the owner sees theirs.
+    seen = read_user.sync(user.id, client=anonymous)
+    assert isinstance(seen, UserRead), seen
+    assert seen.email is None
+    own = read_user.sync(user.id, client=author)
+    assert isinstance(own, UserRead), own
+    assert own.email == EMAIL
+    users = list_users.sync(client=anonymous, q="Ada")
+    assert isinstance(users, PageUserRead), users
+    assert [(listed.id, listed.email) for listed in users.items] == [(user.id, None)]
+
     taken = create_user.sync(client=anonymous, body=UserCreate(name="Twin", email=EMAIL, password=PASSWORD))
     assert isinstance(taken, Problem), taken
     assert (taken.status, taken.type_) == (409, PROBLEMS + "email-taken")
@@ -71,7 +83,7 @@ def main(base_url: str) -> None:
     assert [(error.loc, error.msg.startswith("not a valid email address")) for error in invalid.errors] == [
         (["body", "email"], True)
     ]
-    print("driven: sign-up, login, create, list with cursor, 409, 422")
+    print("driven: sign-up, login, create, list with cursor, anonymous and own user reads, 409, 422")
 
 
 if __name__ == "__main__":
