@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -32,7 +33,8 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
-from sqlalchemy import delete, event, make_url, text
+from sqlalchemy import Connection, MetaData, delete, event, make_url
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import QueuePool
 
@@ -101,11 +103,19 @@ async def _create_database(url: str) -> None:
     await create_database(url)
 
 
+def _drop_tables(connection: Connection) -> None:
+    """Every table the database holds, not only ours: a run on another branch may have left more."""
+    existing = MetaData()
+    with warnings.catch_warnings():  # reflection skips what it cannot read (expression indexes)
+        warnings.simplefilter("ignore", sa_exc.SAWarning)
+        existing.reflect(connection)
+    existing.drop_all(connection)
+
+
 async def _drop_everything(url: str) -> None:
     engine = create_async_engine(url)
     async with engine.begin() as connection:
-        await connection.run_sync(Base.metadata.drop_all)
-        await connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
+        await connection.run_sync(_drop_tables)
     await engine.dispose()
 
 

@@ -392,6 +392,19 @@ async def test_db_upgrade_says_what_it_did_and_that_a_second_run_does_nothing(
     assert "(head), nothing to do" in second.stdout
 
 
+async def test_db_upgrade_on_a_schema_from_a_newer_release_says_to_run_that_release(
+    scratch_database_url: str,
+) -> None:
+    await migrate(scratch_database_url)
+    engine = create_async_engine(scratch_database_url)
+    async with engine.begin() as connection:
+        await connection.execute(text("UPDATE alembic_version SET version_num = 'ffffffffffff'"))
+    await engine.dispose()
+    message = assert_fails_clearly(await blogapi(scratch_database_url, "db", "upgrade"))
+    assert "Can't locate revision identified by 'ffffffffffff'" in message
+    assert "a newer release of blogapi migrated this database" in message
+
+
 def head_and_previous() -> tuple[str, str]:
     head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_revision("head")
     assert head is not None

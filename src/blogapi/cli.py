@@ -428,6 +428,12 @@ def explain(exc: BaseException) -> str | None:
     if isinstance(exc, ValidationError) and exc.title == Settings.__name__:
         return _settings_error(exc)
     if isinstance(exc, CommandError):
+        if str(exc).startswith("Can't locate revision"):
+            # A revision this version does not ship: a newer release migrated the database.
+            return (
+                f"migration error: {exc}\n"
+                "a newer release of blogapi migrated this database: run that release (or downgrade with it)"
+            )
         return f"migration error: {exc}"
     from blogapi.errors import DomainError
 

@@ -18,7 +18,6 @@ from blogapi.preconditions import (
     NOT_MODIFIED,
     IfMatchHeader,
     IfNoneMatchHeader,
-    etag,
     not_modified,
     not_modified_response,
 )
@@ -65,7 +64,7 @@ async def create_post(
             return claim.replay
         view = await service.create_post(connection, me, data)
         return await idempotency.complete(
-            connection, claim, view.post, f"/api/v1/posts/{view.post.id}", etag(view.version)
+            connection, claim, view.post, f"/api/v1/posts/{view.post.id}", view.etag
         )
 
 
@@ -95,9 +94,9 @@ async def read_post(
 ) -> PostRead | Response:
     async with database.read_engine.connect() as connection:
         view = await service.read_post(connection, post_id)
-    if not_modified(if_none_match, view.version):
-        return not_modified_response(view.version)
-    response.headers["ETag"] = etag(view.version)
+    if not_modified(if_none_match, view.etag):
+        return not_modified_response(view.etag)
+    response.headers["ETag"] = view.etag
     return view.post
 
 
@@ -115,7 +114,7 @@ async def update_post(
 ) -> PostRead:
     """Change a post (its author, or an admin)."""
     post = await service.update_post(session, post_id, data, me, if_match)
-    response.headers["ETag"] = etag(post.version)
+    response.headers["ETag"] = service.post_etag(post)
     return service.to_read(post)
 
 

@@ -28,7 +28,7 @@ from blogapi.errors import Forbidden, NotFound, Unauthorized
 from blogapi.pagination import Page, PageParams
 from blogapi.posts.models import Post, Tag, post_tag
 from blogapi.posts.schemas import PostCreate, PostRead, PostUpdate, TagRead
-from blogapi.preconditions import require_match
+from blogapi.preconditions import etag, require_match
 from blogapi.users import service as users_service
 from blogapi.users.models import User
 from blogapi.users.schemas import Author
@@ -36,7 +36,7 @@ from blogapi.users.service import CALLER_GONE, Account
 
 # Writes load entities: the author joined, the tags in one more SELECT ... IN.
 _POST_LOADS = (
-    joinedload(Post.author).load_only(User.id, User.name),
+    joinedload(Post.author).load_only(User.id, User.name, User.version),
     selectinload(Post.tags),
 )
 
@@ -64,7 +64,10 @@ _POST_VIEW = select(
     User.name.label("author_name"),
     _TAG_NAMES.label("tag_names"),
 ).join(User, User.id == Post.author_id)
-_POST_BY_ID = _POST_VIEW.where(Post.id == bindparam("post_id"))
+# A single post also reads its author's version: its ETag names both (a rename changes it).
+_POST_BY_ID = _POST_VIEW.add_columns(User.version.label("author_version")).where(
+    Post.id == bindparam("post_id")
+)
 
 # `?tag=` reads one tag's links, newest first, as a range of ix_post_tag_tag_id_created_at_post_id
 # (a link carries its post's created_at): the tag's id is looked up once, by name (an unknown
@@ -83,7 +86,12 @@ _TAGGED_POST_VIEW = (
 
 class PostView(NamedTuple):
     post: PostRead
-    version: int
+    etag: str
+
+
+def post_etag(post: Post) -> str:
+    """The ETag of a loaded post (its author loaded too): the post's version and its author's."""
+    return etag(post.version, post.author.version)
 
 
 def _view(row: Row[Any]) -> PostRead:
@@ -195,14 +203,14 @@ async def create_post(connection: AsyncConnection, author: Account, data: PostCr
         created_at=now,
         updated_at=now,
     )
-    return PostView(post, version)
+    return PostView(post, etag(version, author.version))
 
 
 async def read_post(connection: AsyncConnection, post_id: int) -> PostView:
     row = (await connection.execute(_POST_BY_ID, {"post_id": post_id})).one_or_none()
     if row is None:
         raise NotFound(f"post {post_id} not found")
-    return PostView(_view(row), row.version)
+    return PostView(_view(row), etag(row.version, row.author_version))
 
 
 async def get_post(session: AsyncSession, post_id: int) -> Post:
@@ -220,7 +228,7 @@ async def _owned_post(session: AsyncSession, post_id: int, actor: Account, if_ma
     post = await get_post(session, post_id)
     if not (actor.is_admin or post.author_id == actor.id):
         raise Forbidden("only the author or an admin may change this post")
-    require_match(if_match, post.version)
+    require_match(if_match, post_etag(post))
     return post
 
 

@@ -55,6 +55,9 @@ register_url_convertor("user_id", _UserIdConvertor())
 router = APIRouter(prefix="/users", tags=["users"])
 
 UserId = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+# What a user read shows depends on who asks (the email): caches keep one copy per caller.
+VARY = "Authorization"
 NameQuery = Annotated[
     str | None,
     Query(max_length=NAME_MAX, pattern=SINGLE_LINE, description="Case-insensitive name filter."),
@@ -117,13 +120,15 @@ async def create_user(
 @router.get("/me", responses={200: {"headers": ETAG_HEADER}, **error_responses(401)})
 async def read_me(me: Viewer, response: Response) -> UserRead:
     response.headers["ETag"] = etag(me.version)
+    response.headers["Vary"] = VARY
     return service.to_read(me, viewer=me)
 
 
 @router.get("", responses=error_responses(401, 422, ProblemType.INVALID_CURSOR))
 async def list_users(
-    database: DatabaseDep, viewer: OptionalViewer, page: PageDep, q: NameQuery = None
+    database: DatabaseDep, viewer: OptionalViewer, page: PageDep, response: Response, q: NameQuery = None
 ) -> Page[UserRead]:
+    response.headers["Vary"] = VARY
     async with database.read_engine.connect() as connection:
         return await service.list_users(connection, page, viewer, q)
 
@@ -142,9 +147,11 @@ async def read_user(
 ) -> UserRead | Response:
     async with database.read_engine.connect() as connection:
         user = await service.read_user(connection, user_id)
-    if not_modified(if_none_match, user.version):
-        return not_modified_response(user.version)
-    response.headers["ETag"] = etag(user.version)
+    tag = service.user_etag(user, viewer)
+    if not_modified(if_none_match, tag):
+        return not_modified_response(tag, {"Vary": VARY})
+    response.headers["ETag"] = tag
+    response.headers["Vary"] = VARY
     return service.to_read(user, viewer)
 
 

@@ -27,7 +27,7 @@ from blogapi.db import (
 )
 from blogapi.errors import EmailTaken, Forbidden, NotFound, ReauthenticationRequired, Unauthorized
 from blogapi.pagination import Page, PageParams
-from blogapi.preconditions import require_match
+from blogapi.preconditions import etag, require_match
 from blogapi.users.models import User
 from blogapi.users.schemas import UserCreate, UserRead, UserUpdate, normalize_email
 
@@ -54,6 +54,14 @@ _USER_BY_ID = _USER_COLUMNS.where(User.id == bindparam("user_id"))
 
 def can_manage(actor: Account | None, user: Account) -> bool:
     return actor is not None and (actor.is_admin or actor.id == user.id)
+
+
+def user_etag(user: Account, viewer: Account | None) -> str:
+    """The ETag of `user` as `viewer` sees them: with the email (`"7"`) or without (`"7.public"`).
+
+    If-Match compares with the first: only those who see the email may change the user.
+    """
+    return etag(user.version) if can_manage(viewer, user) else etag(user.version, "public")
 
 
 def to_read(user: Account, viewer: Account | None) -> UserRead:
@@ -211,7 +219,7 @@ async def update_user(
     user = await get_user(session, user_id, for_update=True)
     if not can_manage(actor, user):
         raise Forbidden("only the user themself or an admin may change this user")
-    require_match(if_match, user.version)
+    require_match(if_match, etag(user.version))
     changes = data.model_dump(exclude_unset=True, exclude={"current_password"})
     if "is_admin" in changes and changes["is_admin"] != user.is_admin and not actor.is_admin:
         raise Forbidden("only an admin may change is_admin")
@@ -255,7 +263,7 @@ async def delete_user(
     user = await get_user(session, user_id, for_update=True)
     if not can_manage(actor, user):
         raise Forbidden("only the user themself or an admin may delete this user")
-    require_match(if_match, user.version)
+    require_match(if_match, etag(user.version))
     await release_posts(session, user.id)
     # The database cascades to the user's posts (passive_deletes): no rows are loaded.
     await session.delete(user)
