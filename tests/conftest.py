@@ -36,6 +36,7 @@ from sqlalchemy import delete, event, make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import QueuePool
 
+from blogapi import search
 from blogapi.auth import security
 from blogapi.cli import alembic_config
 from blogapi.config import Environment, Settings
@@ -104,6 +105,8 @@ async def _create_database(url: str) -> None:
 async def _drop_everything(url: str) -> None:
     engine = create_async_engine(url)
     async with engine.begin() as connection:
+        # MariaDB's search tables (search.py) refer to post and user: dropped first.
+        await connection.run_sync(search.metadata.drop_all)
         await connection.run_sync(Base.metadata.drop_all)
         await connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
     await engine.dispose()

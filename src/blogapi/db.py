@@ -546,3 +546,14 @@ def row_before(
     row = tuple_(leading, tie) < tuple_(value, tie_value)
     expanded = and_(leading <= value, or_(leading < value, tie < tie_value))
     return _RowBefore(row, expanded)
+
+
+def row_at_or_after(
+    leading: SQLColumnExpression[Any], tie: SQLColumnExpression[Any], floor: tuple[Any, Any]
+) -> ColumnElement[bool]:
+    """`(leading, tie) >= floor`: the other end of a bounded walk (search.py), in the same
+    forms as row_before (on MariaDB `leading >= x AND (leading > x OR tie >= y)`, a range)."""
+    value, tie_value = floor
+    row = tuple_(leading, tie) >= tuple_(value, tie_value)
+    expanded = and_(leading >= value, or_(leading > value, tie >= tie_value))
+    return _RowBefore(row, expanded)
