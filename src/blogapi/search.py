@@ -33,7 +33,9 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     Column,
+    ColumnElement,
     ForeignKey,
     FromClause,
     MetaData,
@@ -46,6 +48,9 @@ from sqlalchemy import (
     table,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from blogapi.db import LIKE_ESCAPE, NAMING_CONVENTION, AnySelect, binary_string, escape_like
 from blogapi.posts.models import Post
@@ -63,13 +68,13 @@ post_title_trigram = Table(
     "post_title_trigram",
     metadata,
     Column("trigram", binary_string(TRIGRAM), primary_key=True),
-    Column("post_id", ForeignKey("post.id", ondelete="CASCADE"), primary_key=True),
+    Column("post_id", ForeignKey(Post.__table__.c.id, ondelete="CASCADE"), primary_key=True),
 )
 user_name_trigram = Table(
     "user_name_trigram",
     metadata,
     Column("trigram", binary_string(TRIGRAM), primary_key=True),
-    Column("user_id", ForeignKey("user.id", ondelete="CASCADE"), primary_key=True),
+    Column("user_id", ForeignKey(User.__table__.c.id, ondelete="CASCADE"), primary_key=True),
 )
 
 POST_TITLE_FTS = "post_title_fts"
@@ -84,6 +89,48 @@ def is_search_object(name: str | None) -> bool:
     return name is not None and (
         name in TABLES or name in INDEXES or name.startswith((f"{POST_TITLE_FTS}_", f"{USER_NAME_FTS}_"))
     )
+
+
+class _Contains(ColumnElement[bool]):
+    """`text` contains `term`, as a plain substring, by a function no text index serves."""
+
+    inherit_cache = True
+    _traverse_internals = [  # noqa: RUF012  (SQLAlchemy's cache key protocol)
+        ("text", InternalTraversal.dp_clauseelement),
+        ("term", InternalTraversal.dp_clauseelement),
+    ]
+    type = Boolean()
+    _is_implicitly_boolean = True  # else a WHERE on a backend without booleans appends `= 1`
+
+    def __init__(self, text: ColumnElement[str], term: ColumnElement[str]) -> None:
+        self.text = text
+        self.term = term
+
+
+@compiles(_Contains)
+def _compile_contains(element: _Contains, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"instr({compiler.process(element.text, **kw)}, {compiler.process(element.term, **kw)}) > 0"
+
+
+@compiles(_Contains, "postgresql")
+def _compile_contains_postgresql(element: _Contains, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"strpos({compiler.process(element.text, **kw)}, {compiler.process(element.term, **kw)}) > 0"
+
+
+@compiles(_Contains, "mysql")
+@compiles(_Contains, "mariadb")
+def _compile_contains_mariadb(element: _Contains, compiler: SQLCompiler, **kw: Any) -> str:
+    # The column's binary collation wins over the parameter's: byte for byte, as elsewhere.
+    return f"LOCATE({compiler.process(element.term, **kw)}, {compiler.process(element.text, **kw)}) > 0"
+
+
+def walk_filter(folded_column: Any, term: ColumnElement[str]) -> ColumnElement[bool]:
+    """The search rule as a filter of a walk in page order, for the folded `term`.
+
+    Not `LIKE`: PostgreSQL would answer a `LIKE` from the trigram index, gathering and
+    sorting every match of a common term, where the walk must read at most the cap.
+    """
+    return _Contains(folded_column, term)
 
 
 def _runs(folded: str) -> Iterable[str]:

@@ -7,7 +7,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import Executable, Integer, Row, bindparam, func, insert, select
+from sqlalchemy import Executable, Integer, Row, String, bindparam, func, insert, select
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -16,10 +16,8 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from blogapi import search
 from blogapi.db import (
-    LIKE_ESCAPE,
     AnySelect,
     UTCDateTime,
-    escape_like,
     fold_for_search,
     row_at_or_after,
     row_before,
@@ -305,23 +303,20 @@ async def release_author_tags(session: AsyncSession, author_id: int) -> None:
 
 @cache
 def _posts_query(
-    *, by_author: bool, by_tag: bool, by_title: bool, after: bool, floor: bool = False, among: bool = False
+    *, by_author: bool, by_tag: bool, by_title: bool, after: bool, floor: bool = False
 ) -> AnySelect:
     """The page statement for one combination of filters; values are bound.
 
     `by_title` filters a walk of the list's page-order index by the title (search.py),
-    down to `floor` (the last row the walk may read) when set; `among` keeps the posts
-    whose ids the text index found.
+    down to `floor` (the last row the walk may read) when set.
     """
     query = _TAGGED_POST_VIEW if by_tag else _POST_VIEW
     # A tag's posts are in its links' order: the same (created_at, id), from the index.
     created_at_column, id_column = _order_columns(by_tag=by_tag)
     if by_author:
         query = query.where(Post.author_id == bindparam("author_id"))
-    if among:
-        query = query.where(id_column.in_(bindparam("ids", expanding=True)))
     if by_title:
-        query = query.where(Post.title_folded.contains(bindparam("title"), escape=LIKE_ESCAPE))
+        query = query.where(search.walk_filter(Post.title_folded, bindparam("title", type_=String)))
     if after:  # newest first: the page continues with older posts, ties broken by id
         created_at = bindparam("after_created_at", type_=UTCDateTime)
         post_id = bindparam("after_id", type_=Integer)
@@ -330,9 +325,17 @@ def _posts_query(
         created_at = bindparam("floor_created_at", type_=UTCDateTime)
         post_id = bindparam("floor_id", type_=Integer)
         query = query.where(row_at_or_after(created_at_column, id_column, (created_at, post_id)))
-    if not (by_tag or among):
+    if not by_tag:
         query = _hinted(query, by_author=by_author)
     return query.order_by(created_at_column.desc(), id_column.desc()).limit(bindparam("limit"))
+
+
+# The posts the text index found, when they are few (search.py): the page's ids are picked
+# in Python, and the posts read by primary key (a tag's links by theirs, to keep the tagged).
+_POSTS_AMONG = _POST_VIEW.where(Post.id.in_(bindparam("ids", expanding=True)))
+_TAGGED_AMONG = select(post_tag.c.post_id).where(
+    post_tag.c.tag_id == _TAG_ID, post_tag.c.post_id.in_(bindparam("ids", expanding=True))
+)
 
 
 def _order_columns(*, by_tag: bool) -> tuple[Any, Any]:
@@ -385,7 +388,7 @@ async def list_posts(
     filters = {"by_author": author_id is not None, "by_tag": tag is not None, "after": position is not None}
     walked_to: list[Any] | None = None
     if not title_contains:
-        query = _posts_query(by_title=False, **filters)
+        rows = list(await connection.execute(_posts_query(by_title=False, **filters), values))
     else:
         folded = fold_for_search(title_contains)
         found = (
@@ -394,30 +397,45 @@ async def list_posts(
             else None
         )
         if found is not None and len(found) <= max_matches:
-            # Few enough: the page is picked from the matches (at most a page of them, unless
-            # a tag's links must say which of them carry the tag).
-            matches = sorted(
-                (created_at, post_id)
-                for created_at, post_id, author in found
-                if (author_id is None or author == author_id)
-                and (position is None or (created_at, post_id) < tuple(position))
-            )[::-1]
-            values["ids"] = [
-                post_id for _, post_id in (matches if tag is not None else matches[: params.limit + 1])
-            ]
-            query = _posts_query(by_title=False, among=True, **filters)
+            rows = await _posts_among(connection, params, found, position, author_id=author_id, tag=tag)
         else:
-            values["title"] = escape_like(folded)
+            values["title"] = folded
             values["offset"] = max_matches - 1
             floor = (await connection.execute(_walk_floor(**filters), values)).one_or_none()
             if floor is not None:
                 values["floor_created_at"], values["floor_id"] = floor
                 walked_to = [floor.created_at.isoformat(), floor.id]
             query = _posts_query(by_title=True, floor=floor is not None, **filters)
-    rows = list(await connection.execute(query, values))
+            rows = list(await connection.execute(query, values))
     return params.search_page(
         "posts", rows, key=lambda row: [row.created_at.isoformat(), row.id], build=_view, walked_to=walked_to
     )
+
+
+async def _posts_among(
+    connection: AsyncConnection,
+    params: PageParams,
+    found: list[tuple[datetime, int, int]],
+    position: list[Any] | None,
+    *,
+    author_id: int | None,
+    tag: str | None,
+) -> list[Row[Any]]:
+    """The page's rows (and the one after it) among the posts the text index `found`."""
+    ids = [
+        post_id
+        for created_at, post_id, author in sorted(found, reverse=True)
+        if (author_id is None or author == author_id)
+        and (position is None or (created_at, post_id) < (position[0], position[1]))
+    ]
+    if tag is not None and ids:
+        tagged = set(await connection.scalars(_TAGGED_AMONG, {"tag": tag.lower(), "ids": ids}))
+        ids = [post_id for post_id in ids if post_id in tagged]
+    ids = ids[: params.limit + 1]
+    if not ids:
+        return []
+    rows = list(await connection.execute(_POSTS_AMONG, {"ids": ids}))
+    return sorted(rows, key=lambda row: (row.created_at, row.id), reverse=True)
 
 
 async def list_user_posts(connection: AsyncConnection, user_id: int, params: PageParams) -> Page[PostRead]:

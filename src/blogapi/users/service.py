@@ -7,7 +7,7 @@ from datetime import timedelta
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, select
+from sqlalchemy import Integer, String, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -17,11 +17,9 @@ from blogapi.auth import throttle
 from blogapi.auth.security import TokenSubject, hash_password
 from blogapi.config import Settings
 from blogapi.db import (
-    LIKE_ESCAPE,
     AnyRow,
     AnySelect,
     Database,
-    escape_like,
     fold_for_search,
     utcnow,
     violates,
@@ -140,19 +138,21 @@ async def get_user(session: AsyncSession, user_id: int, *, for_update: bool = Fa
 
 
 @cache
-def _users_query(*, by_name: bool, after: bool, floor: bool = False, among: bool = False) -> AnySelect:
-    """The page statement: `by_name` filters a walk of the id order (down to `floor`, the last
-    id the walk may read, when set); `among` keeps the users the text index found."""
+def _users_query(*, by_name: bool, after: bool, floor: bool = False) -> AnySelect:
+    """The page statement: `by_name` filters a walk of the id order (search.py), down to
+    `floor`, the last id the walk may read, when set."""
     query = _USER_COLUMNS
-    if among:
-        query = query.where(User.id.in_(bindparam("ids", expanding=True)))
     if by_name:
-        query = query.where(User.name_folded.contains(bindparam("name"), escape=LIKE_ESCAPE))
+        query = query.where(search.walk_filter(User.name_folded, bindparam("name", type_=String)))
     if after:
         query = query.where(User.id > bindparam("after_id", type_=Integer))
     if floor:
         query = query.where(User.id <= bindparam("floor_id", type_=Integer))
     return query.order_by(User.id).limit(bindparam("limit"))
+
+
+# The users the text index found, when they are few: a page of them, by primary key.
+_USERS_AMONG = _USER_COLUMNS.where(User.id.in_(bindparam("ids", expanding=True)))
 
 
 @cache
@@ -188,12 +188,16 @@ async def list_users(
             else None
         )
         if found is not None and len(found) <= max_matches:
-            values["ids"] = sorted(user_id for user_id in found if position is None or user_id > position[0])[
-                : params.limit + 1
-            ]
-            query = _users_query(by_name=False, after=after, among=True)
+            ids = sorted(user_id for user_id in found if position is None or user_id > position[0])
+            rows = (
+                list(await connection.execute(_USERS_AMONG, {"ids": ids[: params.limit + 1]})) if ids else []
+            )
+            rows.sort(key=lambda user: user.id)
+            return params.search_page(
+                "users", rows, key=lambda user: [user.id], build=lambda user: to_read(user, viewer)
+            )
         else:
-            values["name"] = escape_like(folded)
+            values["name"] = folded
             values["offset"] = max_matches - 1
             floor = await connection.scalar(_walk_floor(after=after), values)
             if floor is not None:
