@@ -355,17 +355,18 @@ def _hinted(query: AnySelect, *, by_author: bool) -> AnySelect:
 @cache
 def _walk_floor(*, by_author: bool, by_tag: bool, after: bool) -> AnySelect:
     """The position of the last post a search's walk may read: the `offset`-th of the list
-    from the page's position, read from the list's page-order index alone."""
+    from the page's position (and the next one's, which says the list goes on), read from
+    the list's page-order index alone."""
     created_at_column, id_column = _order_columns(by_tag=by_tag)
     query = select(created_at_column.label("created_at"), id_column.label("id"))
     query = query.where(post_tag.c.tag_id == _TAG_ID) if by_tag else _hinted(query, by_author=by_author)
-    if by_author:
+    if by_author and not by_tag:  # with a tag, the walk is of the tag's links, whoever wrote them
         query = query.where(Post.author_id == bindparam("author_id"))
     if after:
         created_at = bindparam("after_created_at", type_=UTCDateTime)
         post_id = bindparam("after_id", type_=Integer)
         query = query.where(row_before(created_at_column, id_column, (created_at, post_id)))
-    return query.order_by(created_at_column.desc(), id_column.desc()).limit(1).offset(bindparam("offset"))
+    return query.order_by(created_at_column.desc(), id_column.desc()).limit(2).offset(bindparam("offset"))
 
 
 async def list_posts(
@@ -401,7 +402,8 @@ async def list_posts(
         else:
             values["title"] = folded
             values["offset"] = max_matches - 1
-            floor = (await connection.execute(_walk_floor(**filters), values)).one_or_none()
+            ends = list(await connection.execute(_walk_floor(**filters), values))
+            floor = ends[0] if len(ends) > 1 else None  # else the walk reaches the list's end
             if floor is not None:
                 values["floor_created_at"], values["floor_id"] = floor
                 walked_to = [floor.created_at.isoformat(), floor.id]

@@ -157,11 +157,12 @@ _USERS_AMONG = _USER_COLUMNS.where(User.id.in_(bindparam("ids", expanding=True))
 
 @cache
 def _walk_floor(*, after: bool) -> AnySelect:
-    """The last id a search's walk may read: the `offset`-th from the page's position."""
+    """The last id a search's walk may read, the `offset`-th from the page's position (and
+    the next, which says the list goes on)."""
     query = select(User.id)
     if after:
         query = query.where(User.id > bindparam("after_id", type_=Integer))
-    return query.order_by(User.id).limit(1).offset(bindparam("offset"))
+    return query.order_by(User.id).limit(2).offset(bindparam("offset"))
 
 
 async def list_users(
@@ -199,7 +200,8 @@ async def list_users(
         else:
             values["name"] = folded
             values["offset"] = max_matches - 1
-            floor = await connection.scalar(_walk_floor(after=after), values)
+            ends = list(await connection.scalars(_walk_floor(after=after), values))
+            floor = ends[0] if len(ends) > 1 else None  # else the walk reaches the list's end
             if floor is not None:
                 values["floor_id"] = floor
                 walked_to = [floor]
