@@ -187,7 +187,7 @@ def _post_probe(dialect: str, trigram_count: int) -> AnySelect:
         query = _join_trigrams(
             query, post_title_trigram, post_title_trigram.c.post_id, Post.id, trigram_count
         )
-    return query.limit(bindparam("cap"))
+    return _limited(query, dialect)
 
 
 @cache
@@ -203,7 +203,21 @@ def _user_probe(dialect: str, trigram_count: int) -> AnySelect:
         )
     elif dialect == "mysql":
         query = _join_trigrams(query, user_name_trigram, user_name_trigram.c.user_id, User.id, trigram_count)
-    return query.limit(bindparam("cap"))
+    return _limited(query, dialect)
+
+
+def _limited(query: AnySelect, dialect: str) -> AnySelect:
+    """At most `cap` of the rows `query` finds.
+
+    On PostgreSQL the lookup is a materialized CTE, planned for all its rows and read only
+    as far as the LIMIT: a prepared statement's generic plan, which knows neither the term
+    nor how rare it is, otherwise trades the index for a sequential scan "until the LIMIT"
+    (measured at 200,000 posts: 720 ms for an absent term, against 6 ms).
+    """
+    if dialect != "postgresql":
+        return query.limit(bindparam("cap"))
+    matches = query.cte("matches").prefix_with("MATERIALIZED")
+    return select(*matches.c).limit(bindparam("cap"))
 
 
 def _join_trigrams(

@@ -212,7 +212,12 @@ async def test_the_filters_combine_with_search_in_both_ways_it_runs(
             assert response.status_code == 201, response.text
     await client.post(f"{API}/posts", json={"title": "rare gem", "tags": ["python"]}, headers=ann.headers)
     for q in ("common", "RARE", "gem", "1"):
-        for params in ({"author_id": ann.id}, {"tag": "python"}, {"author_id": bob.id, "tag": "sql"}):
+        filters: list[dict[str, Any]] = [
+            {"author_id": ann.id},
+            {"tag": "python"},
+            {"author_id": bob.id, "tag": "sql"},
+        ]
+        for params in filters:
             titles: list[str] = []
             cursor: dict[str, str] = {}
             for _ in range(50):

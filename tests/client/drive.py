@@ -19,10 +19,10 @@ from blogapi_client.api.posts import create_post, list_posts
 from blogapi_client.api.users import create_user
 from blogapi_client.models import (
     LoginForm,
-    PagePostRead,
     PostCreate,
     PostRead,
     Problem,
+    SearchPagePostRead,
     Token,
     UserCreate,
     UserRead,
@@ -51,12 +51,18 @@ def main(base_url: str) -> None:
 
     # An anonymous read, two pages of it: the second from the first's cursor.
     first = list_posts.sync(client=anonymous, author_id=user.id, limit=2)
-    assert isinstance(first, PagePostRead), first
+    assert isinstance(first, SearchPagePostRead), first
     assert first.next_cursor is not None
     second = list_posts.sync(client=anonymous, author_id=user.id, limit=2, cursor=first.next_cursor)
-    assert isinstance(second, PagePostRead), second
+    assert isinstance(second, SearchPagePostRead), second
     assert second.next_cursor is None
     assert [post.title for post in first.items + second.items] == ["Post 2", "Post 1", "Post 0"]
+
+    # A search: the page says whether its walk was capped (here it was looked up whole).
+    found = list_posts.sync(client=anonymous, q="POST 1")
+    assert isinstance(found, SearchPagePostRead), found
+    assert [post.title for post in found.items] == ["Post 1"]
+    assert found.search_capped is False
 
     taken = create_user.sync(client=anonymous, body=UserCreate(name="Twin", email=EMAIL, password=PASSWORD))
     assert isinstance(taken, Problem), taken
