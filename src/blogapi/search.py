@@ -23,6 +23,14 @@ index cannot look up, walks the list's own page-order index instead, at most
 SEARCH_MAX_MATCHES rows per page (posts.service, users.service): the page is then
 flagged `search_capped` when the walk ended before the page was full, and its cursor
 continues the walk where it stopped.
+
+What a lookup costs: PostgreSQL's GIN scan reads the posting lists of the term's trigrams;
+MariaDB reads the rows of the term's rarest trigram (of at most PROBE_TRIGRAMS_MAX) and
+checks each of the others by primary key. A term made only of common trigrams (`the
+and`) may cost in proportion to them, though it matches little. Measured at 200,000 posts
+(PostgreSQL) and 100,000 (MariaDB), cap 1000, on a busy 2-core machine (best of 8): an
+absent or rare term 0.3-3.5 ms; a 1-2 character term 2-5 ms; a term with more matches
+than the cap (looked up, then walked) 17-31 ms, which the cap bounds.
 """
 
 from __future__ import annotations

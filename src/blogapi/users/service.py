@@ -197,15 +197,14 @@ async def list_users(
             return params.search_page(
                 "users", rows, key=lambda user: [user.id], build=lambda user: to_read(user, viewer)
             )
-        else:
-            values["name"] = folded
-            values["offset"] = max_matches - 1
-            ends = list(await connection.scalars(_walk_floor(after=after), values))
-            floor = ends[0] if len(ends) > 1 else None  # else the walk reaches the list's end
-            if floor is not None:
-                values["floor_id"] = floor
-                walked_to = [floor]
-            query = _users_query(by_name=True, after=after, floor=floor is not None)
+        values["name"] = folded
+        values["offset"] = max_matches - 1
+        ends = list(await connection.scalars(_walk_floor(after=after), values))
+        floor = ends[0] if len(ends) > 1 else None  # else the walk reaches the list's end
+        if floor is not None:
+            values["floor_id"] = floor
+            walked_to = [floor]
+        query = _users_query(by_name=True, after=after, floor=floor is not None)
     rows = list(await connection.execute(query, values))
     return params.search_page(
         "users",
