@@ -84,6 +84,9 @@ QUERIES = (
     "ab",
     "zzz",
     "no such title anywhere",
+    "STRASSE UND STRASSE",  # more trigrams than MariaDB intersects: the rest are checked
+    "snake_case_name",
+    "école d'été",
 )
 
 
