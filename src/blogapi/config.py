@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     # milliseconds, so one past this is scanning: cut off with a 503, not left to run on
     # after its client has gone. Migrations are not limited.
     statement_timeout_ms: int = Field(default=5000, ge=0)
+    # `?q=` (search.py): a term found by the text index lists all its matches when they are
+    # at most this many; a more common (or a 1-2 character) term walks at most this many
+    # posts or users per page, newest first, and says so (`search_capped`).
+    search_max_matches: int = Field(default=1000, ge=1)
     # Argon2 is CPU-bound: hashing on every core at once would starve the event loop.
     hash_concurrency: int = Field(default_factory=lambda: max(1, (os.cpu_count() or 2) // 2), ge=1)
     idempotency_key_hours: int = Field(default=24, ge=1)

@@ -19,11 +19,11 @@ from blogapi_client.api.posts import create_post, list_posts
 from blogapi_client.api.users import create_user, list_users, read_user
 from blogapi_client.models import (
     LoginForm,
-    PagePostRead,
-    PageUserRead,
     PostCreate,
     PostRead,
     Problem,
+    SearchPagePostRead,
+    SearchPageUserRead,
     Token,
     UserCreate,
     UserRead,
@@ -52,10 +52,10 @@ def main(base_url: str) -> None:
 
     # An anonymous read, two pages of it: the second from the first's cursor.
     first = list_posts.sync(client=anonymous, author_id=user.id, limit=2)
-    assert isinstance(first, PagePostRead), first
+    assert isinstance(first, SearchPagePostRead), first
     assert first.next_cursor is not None
     second = list_posts.sync(client=anonymous, author_id=user.id, limit=2, cursor=first.next_cursor)
-    assert isinstance(second, PagePostRead), second
+    assert isinstance(second, SearchPagePostRead), second
     assert second.next_cursor is None
     assert [post.title for post in first.items + second.items] == ["Post 2", "Post 1", "Post 0"]
 
@@ -67,8 +67,14 @@ def main(base_url: str) -> None:
     assert isinstance(own, UserRead), own
     assert own.email == EMAIL
     users = list_users.sync(client=anonymous, q="Ada")
-    assert isinstance(users, PageUserRead), users
+    assert isinstance(users, SearchPageUserRead), users
     assert [(listed.id, listed.email) for listed in users.items] == [(user.id, None)]
+
+    # A search: the page says whether its walk was capped (here it was looked up whole).
+    found = list_posts.sync(client=anonymous, q="POST 1")
+    assert isinstance(found, SearchPagePostRead), found
+    assert [post.title for post in found.items] == ["Post 1"]
+    assert found.search_capped is False
 
     taken = create_user.sync(client=anonymous, body=UserCreate(name="Twin", email=EMAIL, password=PASSWORD))
     assert isinstance(taken, Problem), taken

@@ -9,7 +9,7 @@ from blogapi.auth.dependencies import Caller, CurrentUser, current_user
 from blogapi.config import SettingsDep
 from blogapi.db import MAX_ID, DatabaseDep, SessionDep
 from blogapi.errors import ProblemType, error_responses
-from blogapi.pagination import Page, PageDep
+from blogapi.pagination import Page, PageDep, SearchPage
 from blogapi.posts import service
 from blogapi.posts.models import TITLE_MAX
 from blogapi.posts.schemas import PostCreate, PostRead, PostUpdate, TagName, TagRead
@@ -71,17 +71,34 @@ async def create_post(
 @router.get("/posts", responses=error_responses(422, ProblemType.INVALID_CURSOR))
 async def list_posts(
     database: DatabaseDep,
+    settings: SettingsDep,
     page: PageDep,
     author_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     tag: Annotated[TagName | None, Query()] = None,
     q: Annotated[
         str | None,
-        Query(max_length=TITLE_MAX, pattern=SINGLE_LINE, description="Case-insensitive title filter."),
+        Query(
+            max_length=TITLE_MAX,
+            pattern=SINGLE_LINE,
+            description=(
+                "Posts whose title contains this text: case-insensitive in any script,"
+                " accent-sensitive. A term with more matches than the server's cap, or"
+                " without three letters or digits in a row, is searched in bounded walks"
+                " (see `search_capped`)."
+            ),
+        ),
         SingleLineInWords,
     ] = None,
-) -> Page[PostRead]:
+) -> SearchPage[PostRead]:
     async with database.read_engine.connect() as connection:
-        return await service.list_posts(connection, page, author_id=author_id, tag=tag, title_contains=q)
+        return await service.list_posts(
+            connection,
+            page,
+            author_id=author_id,
+            tag=tag,
+            title_contains=q,
+            max_matches=settings.search_max_matches,
+        )
 
 
 @router.get(

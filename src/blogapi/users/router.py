@@ -17,7 +17,7 @@ from blogapi.auth.dependencies import (
 from blogapi.config import SettingsDep
 from blogapi.db import MAX_ID, DatabaseDep, SessionDep
 from blogapi.errors import ProblemType, error_responses
-from blogapi.pagination import Page, PageDep
+from blogapi.pagination import Page, PageDep, SearchPage
 from blogapi.posts import service as posts_service
 from blogapi.posts.schemas import PostRead
 from blogapi.preconditions import (
@@ -60,7 +60,15 @@ UserId = Annotated[int, Path(ge=1, le=MAX_ID)]
 VARY = "Authorization"
 NameQuery = Annotated[
     str | None,
-    Query(max_length=NAME_MAX, pattern=SINGLE_LINE, description="Case-insensitive name filter."),
+    Query(
+        max_length=NAME_MAX,
+        pattern=SINGLE_LINE,
+        description=(
+            "Users whose name contains this text: case-insensitive in any script, accent-sensitive."
+            " A term with more matches than the server's cap, or without three letters or digits"
+            " in a row, is searched in bounded walks (see `search_capped`)."
+        ),
+    ),
     SingleLineInWords,
 ]
 
@@ -126,11 +134,16 @@ async def read_me(me: Viewer, response: Response) -> UserRead:
 
 @router.get("", responses=error_responses(401, 422, ProblemType.INVALID_CURSOR))
 async def list_users(
-    database: DatabaseDep, viewer: OptionalViewer, page: PageDep, response: Response, q: NameQuery = None
-) -> Page[UserRead]:
+    database: DatabaseDep,
+    settings: SettingsDep,
+    viewer: OptionalViewer,
+    page: PageDep,
+    response: Response,
+    q: NameQuery = None,
+) -> SearchPage[UserRead]:
     response.headers["Vary"] = VARY
     async with database.read_engine.connect() as connection:
-        return await service.list_users(connection, page, viewer, q)
+        return await service.list_users(connection, page, viewer, q, max_matches=settings.search_max_matches)
 
 
 @router.get(
