@@ -74,10 +74,23 @@ _browser: dict[str, str] = {}  # "tested" or "skipped" -> what
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "backends(*names): run only on these backends")
+    config.addinivalue_line(
+        "markers",
+        "not_through_pgbouncer(reason): skipped, with the reason, when PostgreSQL is behind PgBouncer",
+    )
     if POSTGRES_POOLER is DatabasePooler.PGBOUNCER:
         # The engines tests make themselves (to set up, inspect, clean up) go through
         # PgBouncer too: they get the options the app's engines get from DATABASE_POOLER.
         event.listen(Engine, "do_connect", _through_transaction_pooler)
+
+
+def database_env(database_url: str) -> dict[str, str]:
+    """The environment a blogapi process needs for `database_url`: with the test PgBouncer,
+    DATABASE_POOLER too."""
+    env = {"DATABASE_URL": database_url}
+    if POSTGRES_POOLER is not DatabasePooler.NONE and database_url.startswith("postgresql"):
+        env["DATABASE_POOLER"] = POSTGRES_POOLER.value
+    return env
 
 
 def _through_transaction_pooler(dialect: Dialect, _record: Any, _args: Any, params: dict[str, Any]) -> None:
@@ -100,8 +113,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         excluded = bool(ONLY_BACKENDS) and backend not in ONLY_BACKENDS
         if excluded or (marker and backend and backend not in marker.args):
             deselected.append(item)
-        else:
-            selected.append(item)
+            continue
+        unpooled = item.get_closest_marker("not_through_pgbouncer")
+        if unpooled and backend == "postgresql" and POSTGRES_POOLER is DatabasePooler.PGBOUNCER:
+            item.add_marker(pytest.mark.skip(reason=f"not through PgBouncer: {unpooled.args[0]}"))
+        selected.append(item)
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = selected

@@ -202,7 +202,7 @@ async def _ensure_database(url: URL) -> bool:
     finally:
         await engine.dispose()
     try:
-        return await create_database(url)
+        return await create_database(url, pooler=settings().database_pooler)
     except Exception as exc:
         reason = _database_reason(exc) or exc.__class__.__name__
         raise Failure(

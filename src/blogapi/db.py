@@ -379,7 +379,7 @@ def create_database_statement(url: URL) -> str:
     return f"CREATE DATABASE IF NOT EXISTS `{quoted}` CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"
 
 
-async def create_database(database_url: str | URL) -> bool:
+async def create_database(database_url: str | URL, *, pooler: DatabasePooler = DatabasePooler.NONE) -> bool:
     """Create the PostgreSQL or MariaDB database the URL names unless it exists; True if created.
 
     Connects to the server's `postgres` database (MariaDB: to no database), so the URL's user
@@ -387,8 +387,12 @@ async def create_database(database_url: str | URL) -> bool:
     """
     url = normalize_url(database_url)
     if url.get_backend_name() == "postgresql":
+        pooled = pooler is DatabasePooler.PGBOUNCER
         admin = create_async_engine(
-            url.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=NullPool
+            url.set(database="postgres"),
+            isolation_level="AUTOCOMMIT",
+            poolclass=NullPool,
+            connect_args=transaction_pooler_connect_args() if pooled else {},
         )
         try:
             async with admin.connect() as connection:

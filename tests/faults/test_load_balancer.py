@@ -29,7 +29,7 @@ from typing import IO
 
 import httpx
 import pytest
-from conftest import PASSWORD, REQUIRED
+from conftest import PASSWORD, REQUIRED, database_env
 from fault_support import Writer, create_writers, free_port, server_env
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -154,7 +154,7 @@ async def balancer(database_url: str, database: Database) -> AsyncIterator[Balan
         pool_size=5,
         login_failures_per_account=3,
         login_failures_per_account_and_address=3,
-    )
+    ) | database_env(database_url)
     instances = [Instance(f"app{number}", free_port(), env, directory) for number in (1, 2)]
     listen = f"127.0.0.1:{free_port()}"
     haproxy: subprocess.Popen[bytes] | None = None
