@@ -163,7 +163,9 @@ async def test_without_the_setting_pgbouncer_refuses_the_apps_connections(
     pgbouncer: PgBouncerFactory, settings: Settings
 ) -> None:
     async with pgbouncer() as url:
-        engine = create_engine(settings.model_copy(update={"database_url": url}))
+        engine = create_engine(
+            settings.model_copy(update={"database_url": url, "database_pooler": DatabasePooler.NONE})
+        )
         try:
             with pytest.raises(DBAPIError, match="unsupported startup parameter"):
                 async with engine.connect() as connection:
