@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -34,7 +35,21 @@ pytestmark = pytest.mark.backends("postgresql")
 SCRIPT = Path(__file__).parents[1] / "deploy" / "pgbouncer.sh"
 PGBOUNCER = os.environ.get("BLOGAPI_TEST_PGBOUNCER", "/usr/sbin/pgbouncer")
 
-PgBouncerFactory = Callable[..., AbstractAsyncContextManager[str]]
+
+@dataclass
+class PrivatePgBouncer:
+    url: str
+    """The test database, through this PgBouncer."""
+    env: dict[str, str]
+
+    async def restart(self) -> None:
+        """Stop (every client connection is closed) and start again on the same port."""
+        for command in ("stop", "start"):
+            done = await asyncio.to_thread(_script, command, self.env)
+            assert done.returncode == 0, done.stdout + done.stderr
+
+
+PgBouncerFactory = Callable[..., AbstractAsyncContextManager[PrivatePgBouncer]]
 
 
 def _free_port() -> int:
@@ -62,7 +77,7 @@ def pgbouncer(database_url: str) -> PgBouncerFactory:
     upstream = make_url(database_url)
 
     @asynccontextmanager
-    async def start(pool_size: int = 2) -> AsyncIterator[str]:
+    async def start(pool_size: int = 2) -> AsyncIterator[PrivatePgBouncer]:
         # Not under pytest's tmp_path: as root, PgBouncer runs as `postgres`, kept out of it.
         directory = Path(tempfile.mkdtemp(prefix="blogapi-pgbouncer-"))
         port = _free_port()
@@ -78,7 +93,7 @@ def pgbouncer(database_url: str) -> PgBouncerFactory:
         started = await asyncio.to_thread(_script, "start", env)
         assert started.returncode == 0, started.stdout + started.stderr
         try:
-            yield upstream.set(port=port).render_as_string(hide_password=False)
+            yield PrivatePgBouncer(upstream.set(port=port).render_as_string(hide_password=False), env)
         finally:
             stopped = await asyncio.to_thread(_script, "stop", env)
             shutil.rmtree(directory, ignore_errors=True)
@@ -126,7 +141,8 @@ async def test_the_pgbouncer_script_starts_once_and_stops_when_asked(database_ur
 async def test_through_pgbouncer_the_app_serves_concurrent_reads_and_writes_on_two_server_connections(
     pgbouncer: PgBouncerFactory, settings: Settings, database: Database
 ) -> None:
-    async with pgbouncer(pool_size=2) as url:
+    async with pgbouncer(pool_size=2) as bouncer:
+        url = bouncer.url
         app = create_app(_pooled(settings, url, pool_size=10))
         async with serving(app) as client:
             assert (await client.get("/health/ready")).status_code == 200
@@ -162,7 +178,8 @@ async def test_through_pgbouncer_the_app_serves_concurrent_reads_and_writes_on_t
 async def test_without_the_setting_pgbouncer_refuses_the_apps_connections(
     pgbouncer: PgBouncerFactory, settings: Settings
 ) -> None:
-    async with pgbouncer() as url:
+    async with pgbouncer() as bouncer:
+        url = bouncer.url
         engine = create_engine(
             settings.model_copy(update={"database_url": url, "database_pooler": DatabasePooler.NONE})
         )
@@ -177,7 +194,8 @@ async def test_without_the_setting_pgbouncer_refuses_the_apps_connections(
 async def test_through_pgbouncer_the_statement_limit_holds_per_transaction_and_leaks_to_no_other_client(
     pgbouncer: PgBouncerFactory, settings: Settings
 ) -> None:
-    async with pgbouncer(pool_size=1) as url:
+    async with pgbouncer(pool_size=1) as bouncer:
+        url = bouncer.url
         app_database = Database.from_engine(create_engine(_pooled(settings, url, statement_timeout_ms=100)))
         unlimited = create_engine(_pooled(settings, url), pooled=False)
         try:
@@ -196,3 +214,22 @@ async def test_through_pgbouncer_the_statement_limit_holds_per_transaction_and_l
         finally:
             await app_database.dispose()
             await unlimited.dispose()
+
+
+async def test_a_pgbouncer_restart_fails_no_request_its_closed_connections_are_replaced(
+    pgbouncer: PgBouncerFactory, settings: Settings, database: Database
+) -> None:
+    """PgBouncer's restart closes every client connection in the app's pool: the first
+    request to meet one fails its first attempt (at SET LOCAL), and runs again."""
+    async with pgbouncer() as bouncer:
+        app = create_app(_pooled(settings, bouncer.url, pool_size=4))
+        async with serving(app) as client:
+            warm = await asyncio.gather(*(client.get("/api/v1/posts") for _ in range(4)))
+            assert [response.status_code for response in warm] == [200] * 4
+            await bouncer.restart()
+            after = [await client.get("/api/v1/posts") for _ in range(6)]
+            signed_up = await client.post(
+                "/api/v1/users", json={"name": "After", "email": "after@example.com", "password": PASSWORD}
+            )
+    assert [response.status_code for response in after] == [200] * 6, [r.text for r in after]
+    assert signed_up.status_code == 201, signed_up.text

@@ -307,11 +307,18 @@ def _limit_transactions(engine: AsyncEngine, timeout_ms: int) -> None:
     not through SQLAlchemy, so statement counters and logs see only the app's statements.
     """
 
+    statement = f"SET LOCAL statement_timeout = {int(timeout_ms)}"
+
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(connection: Connection) -> None:
         cursor = connection.connection.cursor()
         try:
-            cursor.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
+            cursor.execute(statement)
+        except Exception as error:
+            # As for the app's own statements: a lost connection is invalidated and raised
+            # as a DBAPIError with its statement, so the request runs again (a PgBouncer
+            # restart closes every client connection), not as the driver's bare error.
+            connection._handle_dbapi_exception(error, statement, None, cursor, None)
         finally:
             cursor.close()
 
