@@ -65,15 +65,20 @@ def _script(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
     )
 
 
-@pytest.fixture
-def pgbouncer(database_url: str) -> PgBouncerFactory:
-    """Start a private PgBouncer (`pool_size` server connections) in front of the test
-    database's server; yields the database's URL through it."""
+def require_pgbouncer() -> None:
+    """Skip without Debian's pgbouncer, or fail when BLOGAPI_TEST_REQUIRE names it."""
     if not os.access(PGBOUNCER, os.X_OK):
         reason = f"no PgBouncer at {PGBOUNCER} (`make deploy-tools` installs Debian's pgbouncer)"
         if "pgbouncer" in REQUIRED:
             pytest.fail(f"required {reason}", pytrace=False)
         pytest.skip(reason)
+
+
+@pytest.fixture
+def pgbouncer(database_url: str) -> PgBouncerFactory:
+    """Start a private PgBouncer (`pool_size` server connections) in front of the test
+    database's server; yields the database's URL through it."""
+    require_pgbouncer()
     upstream = make_url(database_url)
 
     @asynccontextmanager
@@ -109,8 +114,7 @@ def _pooled(settings: Settings, url: str, **changes: object) -> Settings:
 
 
 async def test_the_pgbouncer_script_starts_once_and_stops_when_asked(database_url: str) -> None:
-    if not os.access(PGBOUNCER, os.X_OK):
-        pytest.skip(f"no PgBouncer at {PGBOUNCER}")
+    require_pgbouncer()
     directory = Path(tempfile.mkdtemp(prefix="blogapi-pgbouncer-"))
     upstream = make_url(database_url)
     env = {
