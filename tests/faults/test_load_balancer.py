@@ -1,7 +1,9 @@
 """Two `blogapi serve` instances on one database behind haproxy (deploy/haproxy.cfg), issue 12 part 2.
 
-Each test starts the instances and haproxy as subprocesses on free ports of 127.0.0.1 (the
-machine has no network namespaces to give them), on the test database of the backend.
+Each test starts the instances and haproxy as subprocesses, on the test database of the
+backend. Each instance runs in a network namespace of its own (a veth pair to haproxy's,
+the database reached through a forwarder) where the machine allows it (root, `ip netns`),
+else on a free port of 127.0.0.1; BLOGAPI_TEST_REQUIRE=netns makes the fallback a failure.
 haproxy checks /health/ready, retries a request whose connection failed on the other
 instance, and retries a request that reached a dead instance when it is safe (GET, or a
 POST with an Idempotency-Key); a rolling restart drains an instance through haproxy's
@@ -15,8 +17,10 @@ import asyncio
 import contextlib
 import itertools
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -31,7 +35,7 @@ import httpx
 import pytest
 from conftest import PASSWORD, REQUIRED, database_env
 from fault_support import Writer, create_writers, free_port, server_env
-from sqlalchemy import select
+from sqlalchemy import URL, make_url, select
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -50,19 +54,96 @@ POST_ATTEMPTS = 8
 
 
 @dataclass
+class Place:
+    """Where an instance runs: a network namespace of its own, or a port of 127.0.0.1."""
+
+    host: str
+    """The address it binds and haproxy sends to."""
+    port: int
+    database_url: str
+    """The test database, as the instance reaches it."""
+    run_in: list[str] = field(default_factory=list)
+    """The command prefix that runs a process there (`ip netns exec NAME`)."""
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=30)
+
+
+async def place_instances(
+    database_url: str, count: int, stack: contextlib.AsyncExitStack
+) -> tuple[list[Place], str]:
+    """`count` network namespaces, each with a veth pair to this one and a forwarder (socat)
+    to the database's port, or where the machine allows none (not root, no `ip netns`), ports
+    of 127.0.0.1; and what the places are."""
+    url = make_url(database_url)
+    try:
+        places = []
+        for _ in range(count):
+            places.append(await asyncio.to_thread(_namespace, url, stack))
+        return places, "network namespaces"
+    except (OSError, subprocess.CalledProcessError) as exc:
+        reason = getattr(exc, "stderr", None) or exc
+        return [Place("127.0.0.1", free_port(), database_url) for _ in range(count)], f"ports ({reason})"
+
+
+def _namespace(url: URL, stack: contextlib.AsyncExitStack) -> Place:
+    tag = uuid.uuid4().hex[:8]
+    name = f"blogapi-{tag}"
+    subnet = f"10.{random.randint(64, 127)}.{random.randint(0, 255)}"
+    outside, inside = f"{subnet}.1", f"{subnet}.2"
+    _ip("netns", "add", name)
+    stack.callback(_ip, "netns", "delete", name)  # and with it its end of the pair
+    _ip("link", "add", f"bh{tag}", "type", "veth", "peer", "name", f"bn{tag}")
+    stack.callback(subprocess.run, ["ip", "link", "delete", f"bh{tag}"], capture_output=True, check=False)
+    _ip("link", "set", f"bn{tag}", "netns", name)
+    _ip("addr", "add", f"{outside}/30", "dev", f"bh{tag}")
+    _ip("link", "set", f"bh{tag}", "up")
+    for args in (("addr", "add", f"{inside}/30", "dev", f"bn{tag}"), ("link", "set", f"bn{tag}", "up")):
+        _ip("netns", "exec", name, "ip", *args)
+    _ip("netns", "exec", name, "ip", "link", "set", "lo", "up")
+    # The database listens on 127.0.0.1 of this namespace: a forwarder on the pair's address.
+    port = url.port or {"postgresql": 5432}.get(url.get_backend_name(), 3306)
+    forwarder = subprocess.Popen(
+        [
+            str(SOCAT),
+            f"TCP-LISTEN:{port},bind={outside},fork,reuseaddr",
+            f"TCP:{url.host or '127.0.0.1'}:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    stack.callback(forwarder.wait, 30)
+    stack.callback(forwarder.kill)
+    for _ in range(50):
+        with contextlib.suppress(OSError), socket.create_connection((outside, port), timeout=1):
+            break
+        time.sleep(0.1)
+    inner_url = url.set(host=outside).render_as_string(hide_password=False)
+    return Place(inside, 8000, inner_url, ["ip", "netns", "exec", name])
+
+
+@dataclass
 class Instance:
     """One `blogapi serve`, which may be killed and started again on its port."""
 
     name: str
-    port: int
+    place: Place
     env: dict[str, str]
     directory: Path
     process: subprocess.Popen[bytes] | None = None
     starts: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
+    @property
+    def address(self) -> str:
+        return f"{self.place.host}:{self.place.port}"
+
     async def start(self) -> None:
         log = self.directory / f"{self.name}-{next(self.starts)}.log"
-        argv = [str(BLOGAPI), "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        argv = [
+            *self.place.run_in,
+            *(str(BLOGAPI), "serve", "--host", self.place.host, "--port", str(self.place.port)),
+        ]
         handle: IO[bytes]
         with log.open("wb") as handle:
             self.process = await asyncio.to_thread(
@@ -75,7 +156,7 @@ class Instance:
                 start_new_session=True,
             )
         deadline = time.monotonic() + STARTUP_SECONDS
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=2) as probe:
+        async with httpx.AsyncClient(base_url=f"http://{self.address}", timeout=2) as probe:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
                     pytest.fail(f"{self.name} exited {self.process.returncode}:\n{log.read_text()[-3000:]}")
@@ -148,14 +229,22 @@ async def balancer(database_url: str, database: Database) -> AsyncIterator[Balan
             pytest.fail(f"required {reason}", pytrace=False)
         pytest.skip(reason)
     directory = Path(tempfile.mkdtemp(prefix="blogapi-haproxy-"))
-    env = server_env(
-        database_url,
-        trusted_proxies="127.0.0.1",
-        pool_size=5,
-        login_failures_per_account=3,
-        login_failures_per_account_and_address=3,
-    ) | database_env(database_url)
-    instances = [Instance(f"app{number}", free_port(), env, directory) for number in (1, 2)]
+    stack = contextlib.AsyncExitStack()
+    places, where = await place_instances(database_url, 2, stack)
+    if "netns" in REQUIRED and where != "network namespaces":
+        await stack.aclose()
+        pytest.fail(f"required network namespaces unavailable: the instances would run on {where}")
+    instances = []
+    for number, place in enumerate(places, start=1):
+        env = server_env(
+            place.database_url,
+            # haproxy's address, as the instance sees it (the namespace's pair, or loopback)
+            trusted_proxies="10.0.0.0/8,127.0.0.1",
+            pool_size=5,
+            login_failures_per_account=3,
+            login_failures_per_account_and_address=3,
+        ) | database_env(place.database_url)
+        instances.append(Instance(f"app{number}", place, env, directory))
     listen = f"127.0.0.1:{free_port()}"
     haproxy: subprocess.Popen[bytes] | None = None
     try:
@@ -167,8 +256,8 @@ async def balancer(database_url: str, database: Database) -> AsyncIterator[Balan
                 env=os.environ
                 | {
                     "BLOGAPI_LISTEN": listen,
-                    "BLOGAPI_INSTANCE_1": f"127.0.0.1:{instances[0].port}",
-                    "BLOGAPI_INSTANCE_2": f"127.0.0.1:{instances[1].port}",
+                    "BLOGAPI_INSTANCE_1": instances[0].address,
+                    "BLOGAPI_INSTANCE_2": instances[1].address,
                     "HAPROXY_DIR": str(directory),
                 },
                 stdout=log,
@@ -191,6 +280,7 @@ async def balancer(database_url: str, database: Database) -> AsyncIterator[Balan
             await asyncio.to_thread(haproxy.wait, 30)
         for instance in instances:
             await instance.stop(signal.SIGKILL)
+        await stack.aclose()
         shutil.rmtree(directory, ignore_errors=True)
 
 
