@@ -102,7 +102,8 @@ def _namespace(url: URL, stack: contextlib.AsyncExitStack) -> Place:
     for args in (("addr", "add", f"{inside}/30", "dev", f"bn{tag}"), ("link", "set", f"bn{tag}", "up")):
         _ip("netns", "exec", name, "ip", *args)
     _ip("netns", "exec", name, "ip", "link", "set", "lo", "up")
-    # The database listens on 127.0.0.1 of this namespace: a forwarder on the pair's address.
+    # The database listens on 127.0.0.1 here, which the namespace cannot reach (its loopback is
+    # its own): a forwarder listens on this end of the pair.
     port = url.port or {"postgresql": 5432}.get(url.get_backend_name(), 3306)
     forwarder = subprocess.Popen(
         [
