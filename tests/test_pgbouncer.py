@@ -25,6 +25,7 @@ from conftest import PASSWORD, REQUIRED, serving
 from sqlalchemy import make_url, text
 from sqlalchemy.exc import DBAPIError
 
+from blogapi.cli import explain
 from blogapi.config import DatabasePooler, Settings
 from blogapi.db import Database, create_engine
 from blogapi.errors import is_statement_timeout
@@ -237,3 +238,19 @@ async def test_a_pgbouncer_restart_fails_no_request_its_closed_connections_are_r
             )
     assert [response.status_code for response in after] == [200] * 6, [r.text for r in after]
     assert signed_up.status_code == 201, signed_up.text
+
+
+async def test_a_database_missing_behind_pgbouncer_is_explained_as_missing(
+    pgbouncer: PgBouncerFactory, settings: Settings
+) -> None:
+    """PgBouncer relays PostgreSQL's 3D000 as a protocol error (08P01): still "does not exist"."""
+    async with pgbouncer() as bouncer:
+        missing = make_url(bouncer.url).set(database="blogapi_scale_never_created")
+        engine = create_engine(_pooled(settings, missing.render_as_string(hide_password=False)), pooled=False)
+        try:
+            with pytest.raises(DBAPIError) as refused:
+                async with engine.connect():
+                    pass
+        finally:
+            await engine.dispose()
+    assert "does not exist: `blogapi db upgrade` creates it" in (explain(refused.value) or "")
