@@ -115,6 +115,7 @@ class Options:
     auth_seconds: int
     time_limit_minutes: float
     write_results_md: bool
+    merge: Path | None
     main: bool
     workers_rounds: int
     scale: bool
@@ -203,7 +204,13 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     )
     parser.add_argument("--auth-seconds", type=int, help="length of each sign-up/login run (default 10)")
     parser.add_argument(
-        "--time-limit", type=float, default=60.0, help="abort after this many minutes (default 60)"
+        "--time-limit", type=float, default=75.0, help="abort after this many minutes (default 75)"
+    )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        help="the latest.json of an earlier run whose parts this run lacks (the scale runs, say):"
+        " they are reported beside this run's, each with its own command, time and revision",
     )
     args = parser.parse_args(argv)
 
@@ -243,6 +250,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         auth_seconds=pick(args.auth_seconds, 10, 3),
         time_limit_minutes=args.time_limit,
         write_results_md=not args.quick,
+        merge=args.merge,
         main=not args.scale_only,
         workers_rounds=pick(args.workers_rounds, 2, 1),
         scale=args.scale or args.scale_only,
@@ -1306,15 +1314,23 @@ def scale_paths(fixture: Fixture, secret_key: str) -> dict[str, str]:
 
 
 def scale_preflight(server: Server, scenario: str, path: str, fixture: Fixture) -> dict[str, Any]:
-    """One request alone: its status, items and time; a wrong answer stops the run."""
+    """One request alone: its status, items and time.
+
+    A wrong answer stops the run, and so does a 4xx (the runner asked wrongly). A 5xx is a
+    finding (blogapi's statement time limit answers a scan with a 503): it is recorded.
+    """
     started = time.monotonic()
     try:
         status, body = http(server.url + path, timeout=120)
     except OSError as error:  # a timeout: recorded, and the load will show it
         return {"status": None, "ms": round((time.monotonic() - started) * 1000, 1), "error": str(error)}
     elapsed = round((time.monotonic() - started) * 1000, 1)
-    if status != 200:
+    if status < 500 and status != 200:
         raise BenchError(f"{scenario}: {path} answered {status}: {str(body)[:300]}")
+    if status != 200:
+        problem = body if isinstance(body, str) else json.dumps(body)
+        match = re.search(r'"type":\s*"[^"]*/([^"/]+)"', problem)
+        return {"status": status, "ms": elapsed, "problem": match.group(1) if match else problem[:100]}
     items = body["items"]
     expected = {"tag_rare": RARE_TAG_POSTS, "tag_unknown": 0, "q_absent": 0, "posts_page": 20}
     if scenario in expected and len(items) != expected[scenario]:
@@ -1380,6 +1396,12 @@ def _cost(reference: float, rps: float) -> float | None:
     return round(reference / rps, 3) if rps > 0 else None
 
 
+def _ok_rps(run: dict[str, Any]) -> float:
+    """Successful responses a second: a 503 (the statement time limit) is no page served."""
+    seconds: float = run["seconds"]
+    return (run["requests"] - run["non2xx"]) / seconds if seconds > 0 else 0.0
+
+
 def scale_summary(results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
     """Per backend and size: medians over rounds of each list's cost (within its run) and the targets."""
     summary: dict[str, Any] = {}
@@ -1390,30 +1412,38 @@ def scale_summary(results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[s
             for scenario in SCALE_SCENARIOS:
                 runs = [round_["runs"][scenario] for round_ in rounds]
                 costs = [
-                    _cost(round_["runs"]["post"]["rps"], round_["runs"][scenario]["rps"]) for round_ in rounds
+                    _cost(_ok_rps(round_["runs"]["post"]), _ok_rps(round_["runs"][scenario]))
+                    for round_ in rounds
                 ]
                 known = [cost for cost in costs if cost is not None]
                 scenarios[scenario] = {
-                    "rps": statistics.median(run["rps"] for run in runs),
+                    "rps": statistics.median(_ok_rps(run) for run in runs),
                     "p50_ms": statistics.median(run["p50_ms"] for run in runs),
                     "p99_ms": statistics.median(run["p99_ms"] for run in runs),
                     "cost": statistics.median(known) if len(known) == len(costs) else None,
                     "costs_by_round": costs,
                     "alone_ms": _median(round_["preflight"].get(scenario, {}).get("ms") for round_ in rounds),
+                    "alone_failed": sorted(
+                        {
+                            f"{alone['status']} {alone.get('problem', '')}".strip()
+                            for round_ in rounds
+                            if (alone := round_["preflight"].get(scenario, {})).get("status", 200) != 200
+                        }
+                    ),
                     "non2xx": sum(run["non2xx"] for run in runs),
                     "socket_errors": sum(run["socket_errors"] for run in runs),
                     "other_cores": _median(run["other_cores"] for run in runs),
                 }
             hammered = [
-                round_["runs"]["hammered"]["rps"] / round_["runs"]["posts_page"]["rps"]
+                _ok_rps(round_["runs"]["hammered"]) / _ok_rps(round_["runs"]["posts_page"])
                 for round_ in rounds
-                if round_["runs"]["posts_page"]["rps"] > 0
+                if _ok_rps(round_["runs"]["posts_page"]) > 0
             ]
             by_size[size] = {
                 "scenarios": scenarios,
                 "hammered_ratio": round(statistics.median(hammered), 3) if hammered else None,
                 "hammered_by_round": [round(ratio, 3) for ratio in hammered],
-                "hammer_rps": statistics.median(round_["runs"]["hammer"]["rps"] for round_ in rounds),
+                "hammer_rps": statistics.median(_ok_rps(round_["runs"]["hammer"]) for round_ in rounds),
                 "hammer_non2xx": sum(round_["runs"]["hammer"]["non2xx"] for round_ in rounds),
             }
         targets: dict[str, Any] = {}
@@ -1563,6 +1593,7 @@ def scale_runs(options: Options, secret_key: str, server_errors: dict[str, list[
         "summary": scale_summary(results),
         "plans": plans,
         "plans_at": size_label(largest),
+        "options": {key: value for key, value in asdict(options).items() if key.startswith("scale")},
     }
 
 
@@ -1671,12 +1702,16 @@ def _main_header(options: dict[str, Any]) -> list[str]:
     ]
 
 
+def _failures(statuses: list[str]) -> str:
+    return "".join(f" ({status})" for status in statuses)
+
+
 def _verdict(passed: bool | None) -> str:
     return "-" if passed is None else ("**pass**" if passed else "**FAIL**")
 
 
-def _scale_lines(scale: dict[str, Any], options: dict[str, Any]) -> list[str]:
-    summary = scale["summary"]
+def _scale_lines(scale: dict[str, Any]) -> list[str]:
+    summary, options = scale["summary"], scale["options"]
     lines = [
         "",
         "## The lists at scale (blogapi alone, `blogapi serve`, one worker)",
@@ -1689,9 +1724,11 @@ def _scale_lines(scale: dict[str, Any], options: dict[str, Any]) -> list[str]:
         f" after {options['scale_warmup']} s of warm-up per scenario; {options['scale_rounds']} round(s),"
         " the data sets in alternating order. Between scenarios the runner waits until no statement"
         " runs on the database (and cancels what runs on after 90 s).",
-        "- *cost*: GET /posts/{id}'s requests/s over the list's, within the same run (how many single"
-        " posts one list request is worth); median over rounds. *alone*: one request with nothing else"
-        " running, ms. *growth*: the cost at the largest size over the cost at the smallest;"
+        "- *cost*: GET /posts/{id}'s successful (2xx) responses a second over the list's, within the"
+        " same run (how many single posts one list request is worth; a 503 from the statement time"
+        " limit serves no page); median over rounds. *alone*: one request with nothing else"
+        " running, ms (and its status when not 200). *growth*: the cost at the largest size over the"
+        " cost at the smallest;"
         f" target at most {MAX_GROWTH:g}x. The first page under hammering: its requests/s while"
         f" {HAMMER_CLIENTS} clients loop over the other lists (each pausing {HAMMER_PAUSE_MS} ms after"
         f" a response: at most {HAMMER_CLIENTS * 1000 // HAMMER_PAUSE_MS} requests/s in all), over its"
@@ -1747,7 +1784,7 @@ def _scale_lines(scale: dict[str, Any], options: dict[str, Any]) -> list[str]:
             "",
             f"### {backend}: per scenario",
             "",
-            "| scenario | size | req/s | cost | alone ms | p50 ms | p99 ms | non-2xx | other load |",
+            "| scenario | size | 2xx/s | cost | alone ms | p50 ms | p99 ms | non-2xx | other load |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for scenario in SCALE_SCENARIOS:
@@ -1755,7 +1792,8 @@ def _scale_lines(scale: dict[str, Any], options: dict[str, Any]) -> list[str]:
                 stats = data["sizes"][label]["scenarios"][scenario]
                 lines.append(
                     f"| {SCALE_TITLES[scenario]} | {name} | {stats['rps']:.1f} | {_number(stats['cost'])}"
-                    f" | {_number(stats['alone_ms'], 1)} | {_ms(stats['p50_ms'])} | {_ms(stats['p99_ms'])}"
+                    f" | {_number(stats['alone_ms'], 1)}{_failures(stats['alone_failed'])}"
+                    f" | {_ms(stats['p50_ms'])} | {_ms(stats['p99_ms'])}"
                     f" | {_errors(stats['non2xx'], stats['socket_errors'])}"
                     f" | {_number(stats['other_cores'], 1)} |"
                 )
@@ -1829,6 +1867,12 @@ def markdown(results: dict[str, Any]) -> str:
         f" at end {_loads(meta['load_average']['end'])}. The machine is shared (other sessions run"
         " tests on it): absolute figures are noisy; read the ratios, each taken within one run or round.",
     ]
+    for part, origin in results.get("merged", {}).items():
+        lines.append(
+            f"- The part *{part}* is from an earlier run: `{origin['command']}`, finished"
+            f" {origin['finished'][:16].replace('T', ' ')} UTC, blogapi {origin['blogapi']}, load average"
+            f" at start {_loads(origin['load_average']['start'])}."
+        )
     if summary:
         lines += _main_header(options)
     for scenario, apps in summary.items():
@@ -1856,7 +1900,7 @@ def markdown(results: dict[str, Any]) -> str:
             )
     extras = results["extras"]
     if "scale" in extras:
-        lines += _scale_lines(extras["scale"], options)
+        lines += _scale_lines(extras["scale"])
     if "sqlite" in extras:
         lines += ["", "## blogapi on SQLite (one round, same seed)", "", *_run_rows(_runs(extras["sqlite"]))]
     if "workers" in extras:
@@ -1911,6 +1955,25 @@ def _runs(data: dict[str, dict[str, Any]]) -> dict[str, Run]:
 
 
 # -- main ----------------------------------------------------------------------------------
+
+
+def merge(results: dict[str, Any], earlier: dict[str, Any]) -> None:
+    """Add the parts of an earlier run that this one lacks, each labelled with its run."""
+    meta = earlier["meta"]
+    origin = {key: meta[key] for key in ("command", "finished", "blogapi", "load_average")}
+    if not results["summary"] and earlier.get("summary"):
+        results["summary"], results["rounds"] = earlier["summary"], earlier["rounds"]
+        results["options"] = {
+            **results["options"],
+            **{k: v for k, v in earlier["options"].items() if "scale" not in k},
+        }
+        results["merged"]["main"] = origin
+    for part, data in earlier.get("extras", {}).items():
+        if part not in results["extras"]:
+            results["extras"][part] = data
+            results["merged"][part] = origin
+    for server, errors in earlier.get("server_errors", {}).items():
+        results["server_errors"].setdefault(f"{server} (earlier run)", errors)
 
 
 def _raise_signal(signum: int, _frame: FrameType | None) -> None:
@@ -1979,7 +2042,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             ],
             "extras": extras,
             "server_errors": server_errors,
+            "merged": {},
         }
+        if options.merge is not None:
+            merge(results, json.loads(options.merge.read_text()))
     except BenchError as error:
         print(f"bench: {error}", file=sys.stderr)
         return 1
