@@ -1474,8 +1474,14 @@ async def _explain_lists(dataset: Dataset, paths: dict[str, str], secret_key: st
     def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_args: Any) -> None:
         captured.append((statement, parameters))
 
+    # The statement time limit at the EXPLAIN's own: a list that times out under load still
+    # shows the plan that made it slow.
     settings = Settings(  # type: ignore[call-arg]
-        _env_file=None, database_url=dataset.url, environment="production", secret_key=secret_key
+        _env_file=None,
+        database_url=dataset.url,
+        environment="production",
+        secret_key=secret_key,
+        statement_timeout_ms=EXPLAIN_LIMIT_SECONDS * 1000,
     )
     tables = re.compile(r'\b(FROM|JOIN)\s+[`"]?(post|post_tag|tag|user)\b', re.IGNORECASE)
     plans: dict[str, Any] = {}
@@ -1491,13 +1497,16 @@ async def _explain_lists(dataset: Dataset, paths: dict[str, str], secret_key: st
             for scenario, path in paths.items():
                 captured.clear()
                 response = await client.get(path, timeout=None)
-                if response.status_code != 200:
-                    raise BenchError(f"EXPLAIN: {path} answered {response.status_code}")
-                plans[scenario] = [
-                    {"statement": statement, "plan": await _plan(dataset, statement, parameters)}
-                    for statement, parameters in list(captured)
-                    if statement.lstrip().upper().startswith(("SELECT", "WITH")) and tables.search(statement)
-                ]
+                plans[scenario] = []
+                for statement, parameters in list(captured):
+                    if statement.lstrip().upper().startswith(("SELECT", "WITH")) and tables.search(statement):
+                        try:
+                            plan = await _plan(dataset, statement, parameters)
+                        except Exception as error:
+                            plan = f"(no plan: {error.__class__.__name__}: {error})"
+                        if response.status_code != 200:
+                            plan = f"(the request answered {response.status_code})\n{plan}"
+                        plans[scenario].append({"statement": statement, "plan": plan})
     finally:
         event.remove(Engine, "before_cursor_execute", capture)
     return plans
@@ -1575,6 +1584,8 @@ def scale_runs(options: Options, secret_key: str, server_errors: dict[str, list[
             )
             results[backend][f"{posts}:{size_label(posts)}"].append(run)
             server_errors.setdefault(f"blogapi ({backend}, {size_label(posts)} posts)", []).extend(errors)
+    # Kept before the plans, so a failure there loses no measurement.
+    (RESULTS / "scale-partial.json").write_text(json.dumps(results, indent=2) + "\n")
     plans: dict[str, Any] = {}
     largest = max(options.scale_sizes)
     for backend in options.scale_backends:
