@@ -115,7 +115,7 @@ class Options:
     auth_seconds: int
     time_limit_minutes: float
     write_results_md: bool
-    merge: Path | None
+    merge: str | None  # a path; a str so that the options stay JSON
     main: bool
     workers_rounds: int
     scale: bool
@@ -250,7 +250,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         auth_seconds=pick(args.auth_seconds, 10, 3),
         time_limit_minutes=args.time_limit,
         write_results_md=not args.quick,
-        merge=args.merge,
+        merge=str(args.merge) if args.merge else None,
         main=not args.scale_only,
         workers_rounds=pick(args.workers_rounds, 2, 1),
         scale=args.scale or args.scale_only,
@@ -2056,7 +2056,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "merged": {},
         }
         if options.merge is not None:
-            merge(results, json.loads(options.merge.read_text()))
+            merge(results, json.loads(Path(options.merge).read_text()))
     except BenchError as error:
         print(f"bench: {error}", file=sys.stderr)
         return 1
