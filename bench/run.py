@@ -175,7 +175,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         "--scale",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="the lists at 10k and 1M posts on PostgreSQL and MariaDB (default: on; --quick: 10k only)",
+        help="the lists at 10k and 1M posts on PostgreSQL and MariaDB (default on; --quick: 10k, PostgreSQL)",
     )
     parser.add_argument(
         "--scale-only",
@@ -188,8 +188,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     )
     parser.add_argument(
         "--scale-backends",
-        default="postgresql,mariadb",
-        help="backends of the scale runs (default postgresql,mariadb)",
+        help="backends of the scale runs (default postgresql,mariadb; --quick: postgresql)",
     )
     parser.add_argument("--scale-rounds", type=int, help="rounds of the scale runs (default 2)")
     parser.add_argument("--scale-duration", type=int, help="seconds measured per scale scenario (default 5)")
@@ -221,7 +220,8 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
-    scale_backends = tuple(name for name in args.scale_backends.split(",") if name)
+    backends = pick(args.scale_backends, "postgresql,mariadb", "postgresql")
+    scale_backends = tuple(name for name in backends.split(",") if name)
     if set(scale_backends) - {"postgresql", "mariadb"}:
         parser.error("--scale-backends: postgresql and/or mariadb")
     sizes = pick(args.scale_sizes, "10000,1000000", "10000")
@@ -258,7 +258,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         scale_backends=scale_backends,
         scale_rounds=pick(args.scale_rounds, 2, 1),
         scale_duration=pick(args.scale_duration, 5, 2),
-        scale_warmup=pick(args.scale_warmup, 2, 1),
+        scale_warmup=pick(args.scale_warmup, 2, 0),
         scale_connections=args.scale_connections,
         mariadb_url=args.mariadb_url,
     )
