@@ -72,7 +72,7 @@ format: install  ## apply formatting and safe lint fixes
 clean:  ## remove the environment and caches
 	rm -rf .venv .cache .mypy_cache .ruff_cache .pytest_cache
 
-bench: install  ## benchmark blogapi against two baselines with wrk on PostgreSQL (~25 min; BENCH_ARGS=--quick: ~2 min)
+bench: install  ## benchmark blogapi against two baselines, and its lists at 10k and 1M posts, with wrk on PostgreSQL and MariaDB (~60 min; BENCH_ARGS=--quick: ~3 min)
 	@if ! command -v wrk >/dev/null 2>&1; then \
 		if [ "$$(id -u)" != 0 ]; then \
 			echo "make bench needs wrk (Debian package wrk): run 'sudo apt-get install wrk' first" >&2; exit 1; \

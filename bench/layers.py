@@ -59,7 +59,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 sys.path.insert(0, str(Path(__file__).parent / "baselines"))
 
-from raw import SQL_INSERT_POST, SQL_INSERT_TAGS, SQL_POST, SQL_USER
+from raw import SQL_INSERT_POST, SQL_INSERT_TAGS, SQL_POST, SQL_USER, _keep_session
 
 from blogapi.auth.dependencies import current_user
 from blogapi.auth.security import TokenSubject, create_access_token, read_access_token
@@ -211,7 +211,7 @@ def fastapi_over_asyncpg(pool: asyncpg.Pool, secret: str) -> FastAPI:
 
 async def measure(url: str, requests: int) -> dict[str, Table]:
     dsn = url.replace("postgresql+asyncpg://", "postgresql://")
-    pool = await asyncpg.create_pool(dsn, min_size=CONCURRENCY, max_size=CONCURRENCY)
+    pool = await asyncpg.create_pool(dsn, min_size=CONCURRENCY, max_size=CONCURRENCY, reset=_keep_session)
     plain = create_async_engine(url, pool_size=CONCURRENCY, isolation_level="AUTOCOMMIT")
     settings = Settings(database_url=url, pool_size=CONCURRENCY, secret_key="layers" * 8)
     secret = settings.secret_key.get_secret_value()

@@ -1,4 +1,4 @@
-"""Benchmark blogapi against two baselines with wrk, on one seeded PostgreSQL database.
+"""Benchmark blogapi against two baselines with wrk; and its lists at 10k and 1M posts.
 
 `make bench` runs it; bench/README.md explains the runs and how to read the results.
 Run it with the project's interpreter: `.venv/bin/python bench/run.py --help`.
@@ -35,16 +35,25 @@ from importlib import metadata
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import asyncpg
-from sqlalchemy import make_url
+import httpx
+import pymysql
+from asgi_lifespan import LifespanManager
+from sqlalchemy import event, make_url
+from sqlalchemy.engine import Engine
+
+from blogapi.config import Settings
+from blogapi.main import create_app
+from blogapi.pagination import CursorCodec
 
 BENCH = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent  # .venv/bin: the servers run from the same environment
 RESULTS = BENCH / "results"
 LOGS = RESULTS / "logs"
 LUA = BENCH / "wrk" / "scenarios.lua"
+PACED_LUA = BENCH / "wrk" / "paced.lua"
 
 APPS = ("blogapi", "tutorial", "raw")
 READS = ("post", "posts_page", "user_posts", "user")
@@ -71,6 +80,8 @@ PREFLIGHT = {
 SEED_EMAIL = "user1@example.org"  # blogapi.seed names its users user<n>@example.org
 SEED_PASSWORD = "seed-password"  # noqa: S105  (blogapi.seed.SEED_PASSWORD)
 BENCH_AUTHOR_ID = 1  # the baselines' POSTs are by user 1, as blogapi's (logged in as user1)
+# The baselines' uvicorn flags. blogapi runs as shipped, `blogapi serve`: uvicorn's defaults
+# (uvloop and httptools when installed, as here) with its access log on.
 UVICORN_FLAGS = ("--loop", "uvloop", "--http", "httptools", "--no-access-log")
 WRK_TIMEOUT = "10s"  # Argon2 logins queue behind HASH_CONCURRENCY: wrk's default 2 s is too short
 READY_TIMEOUT = 30.0
@@ -104,6 +115,17 @@ class Options:
     auth_seconds: int
     time_limit_minutes: float
     write_results_md: bool
+    merge: str | None  # a path; a str so that the options stay JSON
+    main: bool
+    workers_rounds: int
+    scale: bool
+    scale_sizes: tuple[int, ...]  # posts; 10 per user
+    scale_backends: tuple[str, ...]
+    scale_rounds: int
+    scale_duration: int
+    scale_warmup: int
+    scale_connections: int
+    mariadb_url: str
 
     @property
     def posts(self) -> int:
@@ -136,7 +158,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     )
     for extra, help_text in (
         ("sqlite", "the scenarios on SQLite (blogapi only)"),
-        ("workers", "the scenarios on `blogapi serve --workers 2`"),
+        ("workers", "`blogapi serve --workers 1` and `--workers 2` side by side, in alternating rounds"),
         ("soak", "a mixed soak on blogapi: RSS, errors, busy connections afterwards"),
         ("auth", "sign-up and login cost, and GET latency during a burst of logins"),
     ):
@@ -146,9 +168,48 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
             help=f"{help_text} (default: on; off with --quick)",
         )
     parser.add_argument("--soak-seconds", type=int, help="soak length (default 120)")
+    parser.add_argument(
+        "--workers-rounds", type=int, help="alternating rounds of --workers 1 and 2 (default 2)"
+    )
+    parser.add_argument(
+        "--scale",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the lists at 10k and 1M posts on PostgreSQL and MariaDB (default on; --quick: 10k, PostgreSQL)",
+    )
+    parser.add_argument(
+        "--scale-only",
+        action="store_true",
+        help="only the scale runs: no baselines, no extras (RESULTS.md is still rewritten unless --quick)",
+    )
+    parser.add_argument(
+        "--scale-sizes",
+        help="posts per scale data set, comma-separated (default 10000,1000000; --quick 10000)",
+    )
+    parser.add_argument(
+        "--scale-backends",
+        help="backends of the scale runs (default postgresql,mariadb; --quick: postgresql)",
+    )
+    parser.add_argument("--scale-rounds", type=int, help="rounds of the scale runs (default 2)")
+    parser.add_argument("--scale-duration", type=int, help="seconds measured per scale scenario (default 5)")
+    parser.add_argument("--scale-warmup", type=int, help="seconds of warm-up per scale scenario (default 2)")
+    parser.add_argument(
+        "--scale-connections", type=int, default=8, help="wrk connections in the scale runs (default 8)"
+    )
+    parser.add_argument(
+        "--mariadb-url",
+        default=os.environ.get("BENCH_MARIADB_URL", "mysql+aiomysql://root@127.0.0.1:3306/blogapi_bench"),
+        help="the MariaDB server and base name of the scale databases (env BENCH_MARIADB_URL)",
+    )
     parser.add_argument("--auth-seconds", type=int, help="length of each sign-up/login run (default 10)")
     parser.add_argument(
-        "--time-limit", type=float, default=35.0, help="abort after this many minutes (default 35)"
+        "--time-limit", type=float, default=75.0, help="abort after this many minutes (default 75)"
+    )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        help="the latest.json of an earlier run whose parts this run lacks (the scale runs, say):"
+        " they are reported beside this run's, each with its own command, time and revision",
     )
     args = parser.parse_args(argv)
 
@@ -159,6 +220,18 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    backends = pick(args.scale_backends, "postgresql,mariadb", "postgresql")
+    scale_backends = tuple(name for name in backends.split(",") if name)
+    if set(scale_backends) - {"postgresql", "mariadb"}:
+        parser.error("--scale-backends: postgresql and/or mariadb")
+    sizes = pick(args.scale_sizes, "10000,1000000", "10000")
+    try:
+        scale_sizes = tuple(sorted(int(size) for size in sizes.split(",") if size))
+    except ValueError:
+        parser.error(f"--scale-sizes: numbers of posts, not {sizes!r}")
+    if any(size < 100 or size % 10 for size in scale_sizes):
+        parser.error("--scale-sizes: multiples of 10 posts, at least 100 (10 posts per user)")
+    extras = not args.scale_only
     return Options(
         rounds=pick(args.rounds, 3, 1),
         duration=pick(args.duration, 10, 3),
@@ -169,14 +242,25 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         users=args.users,
         posts_per_user=args.posts_per_user,
         postgres_url=args.postgres_url,
-        sqlite=pick(args.sqlite, True, False),
-        workers=pick(args.workers, True, False),
-        soak=pick(args.soak, True, False),
+        sqlite=extras and pick(args.sqlite, True, False),
+        workers=extras and pick(args.workers, True, False),
+        soak=extras and pick(args.soak, True, False),
         soak_seconds=pick(args.soak_seconds, 120, 15),
-        auth=pick(args.auth, True, False),
+        auth=extras and pick(args.auth, True, False),
         auth_seconds=pick(args.auth_seconds, 10, 3),
         time_limit_minutes=args.time_limit,
         write_results_md=not args.quick,
+        merge=str(args.merge) if args.merge else None,
+        main=not args.scale_only,
+        workers_rounds=pick(args.workers_rounds, 2, 1),
+        scale=args.scale or args.scale_only,
+        scale_sizes=scale_sizes,
+        scale_backends=scale_backends,
+        scale_rounds=pick(args.scale_rounds, 2, 1),
+        scale_duration=pick(args.scale_duration, 5, 2),
+        scale_warmup=pick(args.scale_warmup, 2, 0),
+        scale_connections=args.scale_connections,
+        mariadb_url=args.mariadb_url,
     )
 
 
@@ -454,6 +538,8 @@ class Load:
     users: int
     auth: str  # "bearer:<token>" for blogapi, "author:<id>" for the baselines
     connections: int
+    paths: tuple[str, ...] = ()  # the `paths` scenario's GET paths, one drawn per request
+    pause_ms: int = 0  # > 0: paced.lua, each connection pausing this long between requests
 
 
 def start_wrk(url: str, load: Load, seconds: int, threads: int) -> subprocess.Popen[str]:
@@ -466,7 +552,7 @@ def start_wrk(url: str, load: Load, seconds: int, threads: int) -> subprocess.Po
         f"--connections={load.connections}",
         f"--duration={seconds}s",
         f"--timeout={WRK_TIMEOUT}",
-        f"--script={LUA}",
+        f"--script={PACED_LUA if load.pause_ms else LUA}",
         url,
         "--",
         load.scenario,
@@ -474,6 +560,8 @@ def start_wrk(url: str, load: Load, seconds: int, threads: int) -> subprocess.Po
         str(load.users),
         load.auth,
         secrets.token_hex(6),  # a nonce: sign-up emails differ between runs
+        " ".join(load.paths),
+        str(load.pause_ms),
     ]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # noqa: S603
 
@@ -554,11 +642,11 @@ def pg(dsn: str, statement: str, *args: Any) -> list[asyncpg.Record]:
 class Dataset(ABC):
     """The seeded database of one backend: `blogapi seed` rows, and nothing else between runs."""
 
-    def __init__(self, database_url: str, options: Options) -> None:
+    def __init__(self, database_url: str, users: int, posts_per_user: int) -> None:
         self.url = database_url
-        self.users = options.users
-        self.posts = options.posts
-        self.posts_per_user = options.posts_per_user
+        self.users = users
+        self.posts = users * posts_per_user
+        self.posts_per_user = posts_per_user
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "DATABASE_URL": self.url}
@@ -575,13 +663,16 @@ class Dataset(ABC):
         self.drop()
         self.create()
         self.blogapi("db", "upgrade")
+        started = time.monotonic()
         self.blogapi(*f"seed --users {self.users} --posts-per-user {self.posts_per_user} --seed 1".split())
         if self.counts() != self.expected():
             raise BenchError(f"seeding {self.url} gave {self.counts()}; see {LOGS / 'seed.log'}")
+        print(f"  seeded in {time.monotonic() - started:.0f} s", flush=True)
         self.cleanup()
 
     def blogapi(self, *args: str) -> None:
-        run_command([str(BIN / "blogapi"), *args], self.env(), LOGS / "seed.log", timeout=900)
+        # 1M posts take ~130 s on PostgreSQL on an idle machine; far longer on a loaded one.
+        run_command([str(BIN / "blogapi"), *args], self.env(), LOGS / "seed.log", timeout=1800)
 
     def expected(self) -> tuple[int, int, int, int]:
         return self.users, self.users, self.posts, self.posts
@@ -600,9 +691,34 @@ class Dataset(ABC):
     def cleanup(self) -> None:
         """Delete what the benchmark added (posts, sign-ups) and tidy up after it."""
 
+    def active_queries(self) -> list[int]:
+        """Ids of the statements running on the database for others than the runner."""
+        return []
+
+    def cancel(self, ids: Sequence[int]) -> None:  # noqa: B027  (SQLite: nothing runs on its own)
+        """Cancel running statements (left by a server that was stopped mid-request)."""
+
+    def settle(self, timeout: float = 90) -> int:
+        """Wait until no statement runs on the database; cancel what is left after `timeout`.
+
+        The app server goes idle while its statements still run: without a statement time
+        limit a scan outlives its request, its client, even its server, and would load the
+        next measurement. Returns how many statements had to be cancelled.
+        """
+        deadline = time.monotonic() + timeout
+        while (running := self.active_queries()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if running:
+            self.cancel(running)
+            time.sleep(1)
+        return len(running)
+
 
 COUNTS = 'SELECT (SELECT count(*) FROM "user"), (SELECT coalesce(max(id), 0) FROM "user"),'
 COUNTS += " (SELECT count(*) FROM post), (SELECT coalesce(max(id), 0) FROM post)"
+# The posts the benchmark deleted took their links along (ON DELETE CASCADE), but not the
+# tags' counts, which blogapi keeps with the links: count them again.
+RECOUNT_TAGS = "UPDATE tag SET post_count = (SELECT count(*) FROM post_tag WHERE post_tag.tag_id = tag.id)"
 
 
 class PostgresDataset(Dataset):
@@ -626,9 +742,27 @@ class PostgresDataset(Dataset):
         # Dead rows at the newest end of the post indexes would slow the next runs'
         # first page: vacuum them now rather than let autovacuum wake mid-run.
         dsn = _asyncpg_dsn(self.url)
-        pg(dsn, "DELETE FROM post WHERE id > $1", self.posts)  # post_tag cascades
+        deleted = pg(
+            dsn,
+            "WITH gone AS (DELETE FROM post WHERE id > $1 RETURNING 1) SELECT count(*) FROM gone",
+            self.posts,
+        )
         pg(dsn, 'DELETE FROM "user" WHERE id > $1', self.users)
+        if deleted[0][0]:
+            pg(dsn, RECOUNT_TAGS)
         pg(dsn, 'VACUUM ANALYZE post, post_tag, "user", tag')
+
+    def active_queries(self) -> list[int]:
+        rows = pg(
+            _asyncpg_dsn(self.url),
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE datname = $1 AND state = 'active' AND pid <> pg_backend_pid()",
+            self.name,
+        )
+        return [row[0] for row in rows]
+
+    def cancel(self, ids: Sequence[int]) -> None:
+        pg(_asyncpg_dsn(self.url), "SELECT pg_cancel_backend(pid) FROM unnest($1::int[]) AS pid", list(ids))
 
     def busy_connections(self, application_name: str) -> tuple[int, int]:
         """Connections of an application in use (not idle) and in all, by pg_stat_activity."""
@@ -645,9 +779,72 @@ class PostgresDataset(Dataset):
         return str(pg(_asyncpg_dsn(self.url, "postgres"), "SHOW server_version")[0][0])
 
 
+class MariadbDataset(Dataset):
+    """A MariaDB database (scale runs only): `blogapi db upgrade` creates it."""
+
+    @property
+    def name(self) -> str:
+        return make_url(self.url).database or "blogapi_bench"
+
+    def connect(self, database: str | None = None) -> pymysql.connections.Connection[Any]:
+        url = make_url(self.url)
+        return pymysql.connect(
+            host=url.host or "127.0.0.1",
+            port=url.port or 3306,
+            user=url.username or "root",
+            password=url.password or "",
+            database=database,
+            autocommit=True,
+            charset="utf8mb4",
+        )
+
+    def query(self, statement: str, *args: Any, database: str | None = "") -> list[tuple[Any, ...]]:
+        connection = self.connect(self.name if database == "" else database)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(statement, args or None)
+                return list(cursor.fetchall())
+        finally:
+            connection.close()
+
+    def create(self) -> None:
+        pass  # `blogapi db upgrade` creates the database, as an operator would
+
+    def drop(self) -> None:
+        self.query(f"DROP DATABASE IF EXISTS `{self.name}`", database=None)
+
+    def counts(self) -> tuple[int, int, int, int]:
+        row = self.query(COUNTS.replace('"user"', "`user`"))[0]
+        return row[0], row[1], row[2], row[3]
+
+    def cleanup(self) -> None:
+        deleted = self.query("SELECT count(*) FROM post WHERE id > %s", self.posts)[0][0]
+        self.query("DELETE FROM post WHERE id > %s", self.posts)
+        self.query("DELETE FROM `user` WHERE id > %s", self.users)
+        if deleted:
+            self.query(RECOUNT_TAGS)
+        self.query("ANALYZE TABLE post, post_tag, `user`, tag")
+
+    def active_queries(self) -> list[int]:
+        rows = self.query(
+            "SELECT id FROM information_schema.processlist"
+            " WHERE db = %s AND command = 'Query' AND id <> connection_id()",
+            self.name,
+        )
+        return [row[0] for row in rows]
+
+    def cancel(self, ids: Sequence[int]) -> None:
+        for query_id in ids:
+            with suppress(pymysql.MySQLError):  # it ended meanwhile
+                self.query(f"KILL QUERY {int(query_id)}")
+
+    def server_version(self) -> str:
+        return str(self.query("SELECT version()")[0][0])
+
+
 class SqliteDataset(Dataset):
     def __init__(self, path: Path, options: Options) -> None:
-        super().__init__(f"sqlite+aiosqlite:///{path}", options)
+        super().__init__(f"sqlite+aiosqlite:///{path}", options.users, options.posts_per_user)
         self.path = path
 
     def create(self) -> None:
@@ -666,8 +863,10 @@ class SqliteDataset(Dataset):
         connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         try:
             connection.execute("PRAGMA foreign_keys = ON")  # post_tag rows go with their posts
-            connection.execute("DELETE FROM post WHERE id > ?", (self.posts,))
+            deleted = connection.execute("DELETE FROM post WHERE id > ?", (self.posts,)).rowcount
             connection.execute('DELETE FROM "user" WHERE id > ?', (self.users,))
+            if deleted:
+                connection.execute(RECOUNT_TAGS)
             connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             connection.close()
@@ -687,13 +886,17 @@ def blogapi_env(dataset: Dataset, secret_key: str) -> dict[str, str]:
     }
 
 
+def blogapi_spec(dataset: Dataset, secret_key: str, workers: int = 1) -> AppSpec:
+    """blogapi as shipped: `blogapi serve` (uvicorn's defaults, its access log on)."""
+    argv = (str(BIN / "blogapi"), "serve", "--workers", str(workers))
+    return AppSpec("blogapi", argv, blogapi_env(dataset, secret_key))
+
+
 def app_specs(dataset: Dataset, secret_key: str) -> dict[str, AppSpec]:
     uvicorn = str(BIN / "uvicorn")
     baselines = ("--app-dir", str(BENCH / "baselines"))
     return {
-        "blogapi": AppSpec(
-            "blogapi", (uvicorn, "blogapi.asgi:app", *UVICORN_FLAGS), blogapi_env(dataset, secret_key)
-        ),
+        "blogapi": blogapi_spec(dataset, secret_key),
         "tutorial": AppSpec("tutorial", (uvicorn, "tutorial:app", *baselines, *UVICORN_FLAGS), dataset.env()),
         "raw": AppSpec("raw", (uvicorn, "raw:app", *baselines, *UVICORN_FLAGS), dataset.env()),
     }
@@ -854,16 +1057,52 @@ def sqlite_runs(options: Options, secret_key: str, server_errors: dict[str, list
     return runs
 
 
-def workers_runs(
+WORKERS_SCENARIOS = ("post", "posts_page", "mix")
+
+
+def workers_rounds(
     dataset: PostgresDataset, options: Options, secret_key: str, server_errors: dict[str, list[str]]
-) -> dict[str, Run]:
-    spec = AppSpec(
-        "blogapi", (str(BIN / "blogapi"), "serve", "--workers", "2"), blogapi_env(dataset, secret_key)
-    )
-    with Server(spec, "workers2-blogapi") as server:
-        runs = run_scenarios("blogapi", server, dataset, options, Preflight(), "workers=2")
-    server_errors.setdefault("blogapi (serve --workers 2)", []).extend(server.log_errors())
-    return runs
+) -> dict[str, Any]:
+    """`blogapi serve --workers 1` and `--workers 2` side by side: alternating rounds, ratios per round.
+
+    The order flips every round (1 2, 2 1, ...), so a drift of the machine favours neither.
+    """
+    scenarios = tuple(name for name in WORKERS_SCENARIOS if name in options.scenarios) or ("post",)
+    subset = replace(options, scenarios=scenarios)
+    rounds: list[dict[str, dict[str, Run]]] = []
+    for number in range(1, options.workers_rounds + 1):
+        by_workers: dict[str, dict[str, Run]] = {}
+        for workers in (1, 2) if number % 2 else (2, 1):
+            label = f"workers={workers}"
+            with Server(
+                blogapi_spec(dataset, secret_key, workers), f"round{number}-workers{workers}"
+            ) as server:
+                by_workers[label] = run_scenarios("blogapi", server, dataset, subset, Preflight(), label)
+            server_errors.setdefault(f"blogapi (serve --workers {workers})", []).extend(server.log_errors())
+        rounds.append(by_workers)
+    summary: dict[str, Any] = {}
+    for scenario in scenarios:
+        ratios = [round_["workers=2"][scenario].rps / round_["workers=1"][scenario].rps for round_ in rounds]
+        summary[scenario] = {
+            "rps_1": statistics.median(round_["workers=1"][scenario].rps for round_ in rounds),
+            "rps_2": statistics.median(round_["workers=2"][scenario].rps for round_ in rounds),
+            "ratio": round(statistics.median(ratios), 3),
+            "ratios_by_round": [round(ratio, 3) for ratio in ratios],
+            "cpu_1": _median(round_["workers=1"][scenario].cpu_ms_per_request for round_ in rounds),
+            "cpu_2": _median(round_["workers=2"][scenario].cpu_ms_per_request for round_ in rounds),
+            "other_cores": _median(
+                run.other_cores
+                for round_ in rounds
+                for run in (round_["workers=1"][scenario], round_["workers=2"][scenario])
+            ),
+        }
+    return {
+        "summary": summary,
+        "rounds": [
+            {label: {name: asdict(run) for name, run in runs.items()} for label, runs in round_.items()}
+            for round_ in rounds
+        ],
+    }
 
 
 def soak(
@@ -939,6 +1178,436 @@ def auth_runs(
     return runs
 
 
+# -- the lists at scale --------------------------------------------------------------------
+
+RARE_TAG = "bench-rare"  # linked by the runner to the oldest posts: the far end of any newest-first walk
+RARE_TAG_POSTS = 5
+UNKNOWN_TAG = "no-such-tag"
+ABSENT_TERM = "qzxjvk"  # in no title (checked): no Faker word holds "qzx"
+DEEP_POSITION = 500_000
+HAMMER_CLIENTS = 8
+# Each hammering client pauses between requests: 8 clients send at most 40 requests/s in all,
+# a small share of one worker when each list costs about a page. Unpaced, 8 clients beside 8
+# would take half the worker whatever the lists cost, and the ratio would measure wrk.
+HAMMER_PAUSE_MS = 200
+SCALE_TITLES = {
+    "post": "GET /posts/{id} (the reference)",
+    "user_posts": "GET /users/{id}/posts (authors uniform)",
+    "tags": "GET /tags",
+    "tag_rare": f"GET /posts?tag= rare ({RARE_TAG_POSTS} oldest posts)",
+    "tag_unknown": "GET /posts?tag= unknown",
+    "q_rare": "GET /posts?q= rare term",
+    "q_absent": "GET /posts?q= absent term",
+    "q_common": "GET /posts?q= common term",
+    "deep_page": "GET /posts?cursor= 500,000 deep (halfway below 1M)",
+    "posts_page": "GET /posts (first page)",
+    "hammered": f"first page while {HAMMER_CLIENTS} paced clients hammer the other lists",
+}
+SCALE_SCENARIOS = tuple(SCALE_TITLES)  # measured in this order; posts_page right before hammered
+# Lists held to "at most 2x their cost relative to GET /posts/{id} at the largest size as at
+# the smallest". A common term may cost in proportion to its matches, under a cap (issue 16).
+TARGET_LISTS = (
+    "user_posts",
+    "tags",
+    "tag_rare",
+    "tag_unknown",
+    "q_rare",
+    "q_absent",
+    "deep_page",
+    "posts_page",
+)
+HAMMERING = ("user_posts", "tags", "tag_rare", "tag_unknown", "q_rare", "q_absent", "q_common", "deep_page")
+MAX_GROWTH = 2.0
+MIN_HAMMERED = 0.8
+
+
+def size_label(posts: int) -> str:
+    return f"{posts // 1_000_000}M" if posts % 1_000_000 == 0 else f"{posts // 1000}k"
+
+
+def scale_url(base_url: str, posts: int) -> str:
+    url = make_url(base_url)
+    return url.set(
+        database=f"{url.database or 'blogapi_bench'}_{size_label(posts).lower()}"
+    ).render_as_string(hide_password=False)
+
+
+@dataclass(frozen=True)
+class Fixture:
+    """What the scale scenarios ask for, found (or made: the rare tag) in one data set."""
+
+    rare_term: str
+    rare_term_matches: int
+    common_term: str
+    common_term_matches: int
+    deep_position: int
+    deep_after: tuple[str, int]  # (created_at, id) of the row the deep page starts after
+    deep_first_id: int
+    author_id: int  # the author of the EXPLAIN (the load draws authors uniformly)
+
+
+def _sql(dataset: Dataset, statement: str, *args: Any) -> list[Sequence[Any]]:
+    """A statement in PostgreSQL's form ($n, "user") on either server backend."""
+    if isinstance(dataset, MariadbDataset):
+        mysql = re.sub(r"\$\d+", "%s", statement).replace('"user"', "`user`")
+        return list(dataset.query(mysql, *args))
+    return list(pg(_asyncpg_dsn(dataset.url), statement, *args))
+
+
+def scale_fixture(dataset: Dataset) -> Fixture:
+    mariadb = isinstance(dataset, MariadbDataset)
+    ignore, conflict = ("IGNORE ", "") if mariadb else ("", " ON CONFLICT DO NOTHING")
+    _sql(dataset, f"INSERT {ignore}INTO tag (name) VALUES ($1){conflict}", RARE_TAG)  # noqa: S608  (constants)
+    _sql(
+        dataset,
+        f"INSERT {ignore}INTO post_tag (post_id, tag_id, created_at)"  # noqa: S608  (constants)
+        " SELECT oldest.id, tag.id, oldest.created_at"
+        " FROM (SELECT id, created_at FROM post ORDER BY created_at, id LIMIT $1) AS oldest"
+        f" JOIN tag ON tag.name = $2{conflict}",
+        RARE_TAG_POSTS,
+        RARE_TAG,
+    )
+    _sql(dataset, RECOUNT_TAGS + " WHERE name = $1", RARE_TAG)
+    title = str(_sql(dataset, "SELECT title FROM post ORDER BY created_at, id LIMIT 1")[0][0])
+    words = title.lower().split()
+    rare_term, common_term = " ".join(words[:2]), words[0]
+
+    def matches(term: str) -> int:
+        return int(_sql(dataset, "SELECT count(*) FROM post WHERE lower(title) LIKE $1", f"%{term}%")[0][0])
+
+    if matches(ABSENT_TERM):
+        raise BenchError(f"{dataset.url}: the absent term {ABSENT_TERM!r} is in a title")
+    position = min(DEEP_POSITION, dataset.posts // 2)
+    rows = _sql(
+        dataset,
+        "SELECT created_at, id FROM post ORDER BY created_at DESC, id DESC LIMIT 2 OFFSET $1",
+        position - 1,
+    )
+    created_at = rows[0][0] if rows[0][0].tzinfo else rows[0][0].replace(tzinfo=UTC)
+    return Fixture(
+        rare_term=rare_term,
+        rare_term_matches=matches(rare_term),
+        common_term=common_term,
+        common_term_matches=matches(common_term),
+        deep_position=position,
+        deep_after=(created_at.astimezone(UTC).isoformat(), int(rows[0][1])),
+        deep_first_id=int(rows[1][1]),
+        author_id=dataset.users // 2,
+    )
+
+
+def scale_paths(fixture: Fixture, secret_key: str) -> dict[str, str]:
+    """Each list scenario's request; the deep cursor is signed as the server signs it."""
+    cursor = CursorCodec(secret_key.encode()).encode("posts", list(fixture.deep_after))
+    lists = "/api/v1/posts?limit=20"
+    return {
+        "user_posts": f"/api/v1/users/{fixture.author_id}/posts?limit=20",
+        "tags": "/api/v1/tags?limit=20",
+        "tag_rare": f"{lists}&tag={RARE_TAG}",
+        "tag_unknown": f"{lists}&tag={UNKNOWN_TAG}",
+        "q_rare": f"{lists}&q={quote(fixture.rare_term)}",
+        "q_absent": f"{lists}&q={ABSENT_TERM}",
+        "q_common": f"{lists}&q={quote(fixture.common_term)}",
+        "deep_page": f"{lists}&cursor={quote(cursor)}",
+        "posts_page": lists,
+    }
+
+
+def scale_preflight(server: Server, scenario: str, path: str, fixture: Fixture) -> dict[str, Any]:
+    """One request alone: its status, items and time.
+
+    A wrong answer stops the run, and so does a 4xx (the runner asked wrongly). A 5xx is a
+    finding (blogapi's statement time limit answers a scan with a 503): it is recorded.
+    """
+    started = time.monotonic()
+    try:
+        status, body = http(server.url + path, timeout=120)
+    except OSError as error:  # a timeout: recorded, and the load will show it
+        return {"status": None, "ms": round((time.monotonic() - started) * 1000, 1), "error": str(error)}
+    elapsed = round((time.monotonic() - started) * 1000, 1)
+    if status < 500 and status != 200:
+        raise BenchError(f"{scenario}: {path} answered {status}: {str(body)[:300]}")
+    if status != 200:
+        problem = body if isinstance(body, str) else json.dumps(body)
+        match = re.search(r'"type":\s*"[^"]*/([^"/]+)"', problem)
+        return {"status": status, "ms": elapsed, "problem": match.group(1) if match else problem[:100]}
+    items = body["items"]
+    expected = {"tag_rare": RARE_TAG_POSTS, "tag_unknown": 0, "q_absent": 0, "posts_page": 20}
+    if scenario in expected and len(items) != expected[scenario]:
+        raise BenchError(f"{scenario}: {path} gave {len(items)} items, not {expected[scenario]}")
+    if scenario == "deep_page" and items[0]["id"] != fixture.deep_first_id:
+        raise BenchError(f"deep_page starts at post {items[0]['id']}, not {fixture.deep_first_id}")
+    return {"status": status, "ms": elapsed, "items": len(items)}
+
+
+def scale_server_run(
+    dataset: Dataset, fixture: Fixture, options: Options, secret_key: str, label: str
+) -> tuple[dict[str, Any], list[str]]:
+    """Every scale scenario on one `blogapi serve` over one data set."""
+    paths = scale_paths(fixture, secret_key)
+    seconds, warmup, threads = options.scale_duration, options.scale_warmup, options.wrk_threads
+
+    def load(scenario: str, connections: int = options.scale_connections) -> Load:
+        if scenario in ("post", "user_posts"):
+            return Load(scenario, dataset.posts, dataset.users, "none:", connections)
+        return Load("paths", dataset.posts, dataset.users, "none:", connections, (paths[scenario],))
+
+    runs: dict[str, Run] = {}
+    preflight: dict[str, Any] = {}
+    cancelled: dict[str, int] = {}
+    with Server(blogapi_spec(dataset, secret_key), label) as server:
+        for scenario, path in paths.items():
+            preflight[scenario] = scale_preflight(server, scenario, path, fixture)
+            dataset.settle()
+        for scenario in SCALE_SCENARIOS[:-1]:
+            runs[scenario] = measure(server, load(scenario), seconds, warmup, threads)
+            server.quiesce()
+            cancelled[scenario] = dataset.settle()
+            print(f"  {label:>22} {scenario:>11}: {describe(runs[scenario])}", flush=True)
+        others = Load(
+            "paths",
+            dataset.posts,
+            dataset.users,
+            "none:",
+            HAMMER_CLIENTS,
+            tuple(paths[n] for n in HAMMERING),
+            HAMMER_PAUSE_MS,
+        )
+        burst = start_wrk(server.url, others, seconds + 2, threads)
+        try:
+            time.sleep(1)  # the hammering is under way before the first page is measured, and outlasts it
+            runs["hammered"] = wrk(server.url, load("posts_page"), seconds, threads)
+        finally:
+            runs["hammer"] = finish_wrk(burst, seconds + 2)
+        server.quiesce()
+        cancelled["hammered"] = dataset.settle()
+        print(f"  {label:>22} {'hammered':>11}: {describe(runs['hammered'])}", flush=True)
+        print(f"  {label:>22} {'(hammer)':>11}: {describe(runs['hammer'])}", flush=True)
+    result = {
+        "runs": {name: asdict(run) for name, run in runs.items()},
+        "preflight": preflight,
+        "cancelled_after": {name: count for name, count in cancelled.items() if count},
+    }
+    return result, server.log_errors()
+
+
+def _cost(reference: float, rps: float) -> float | None:
+    """A list's cost in GET /posts/{id}'s: how many of those one list request is worth."""
+    return round(reference / rps, 3) if rps > 0 else None
+
+
+def _ok_rps(run: dict[str, Any]) -> float:
+    """Successful responses a second: a 503 (the statement time limit) is no page served."""
+    seconds: float = run["seconds"]
+    return (run["requests"] - run["non2xx"]) / seconds if seconds > 0 else 0.0
+
+
+def scale_summary(results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+    """Per backend and size: medians over rounds of each list's cost (within its run) and the targets."""
+    summary: dict[str, Any] = {}
+    for backend, sizes in results.items():
+        by_size: dict[str, Any] = {}
+        for size, rounds in sizes.items():
+            scenarios: dict[str, Any] = {}
+            for scenario in SCALE_SCENARIOS:
+                runs = [round_["runs"][scenario] for round_ in rounds]
+                costs = [
+                    _cost(_ok_rps(round_["runs"]["post"]), _ok_rps(round_["runs"][scenario]))
+                    for round_ in rounds
+                ]
+                known = [cost for cost in costs if cost is not None]
+                scenarios[scenario] = {
+                    "rps": statistics.median(_ok_rps(run) for run in runs),
+                    "p50_ms": statistics.median(run["p50_ms"] for run in runs),
+                    "p99_ms": statistics.median(run["p99_ms"] for run in runs),
+                    "cost": statistics.median(known) if len(known) == len(costs) else None,
+                    "costs_by_round": costs,
+                    "alone_ms": _median(round_["preflight"].get(scenario, {}).get("ms") for round_ in rounds),
+                    "alone_failed": sorted(
+                        {
+                            f"{alone['status']} {alone.get('problem', '')}".strip()
+                            for round_ in rounds
+                            if (alone := round_["preflight"].get(scenario, {})).get("status", 200) != 200
+                        }
+                    ),
+                    "non2xx": sum(run["non2xx"] for run in runs),
+                    "socket_errors": sum(run["socket_errors"] for run in runs),
+                    "other_cores": _median(run["other_cores"] for run in runs),
+                }
+            hammered = [
+                _ok_rps(round_["runs"]["hammered"]) / _ok_rps(round_["runs"]["posts_page"])
+                for round_ in rounds
+                if _ok_rps(round_["runs"]["posts_page"]) > 0
+            ]
+            by_size[size] = {
+                "scenarios": scenarios,
+                "hammered_ratio": round(statistics.median(hammered), 3) if hammered else None,
+                "hammered_by_round": [round(ratio, 3) for ratio in hammered],
+                "hammer_rps": statistics.median(_ok_rps(round_["runs"]["hammer"]) for round_ in rounds),
+                "hammer_non2xx": sum(round_["runs"]["hammer"]["non2xx"] for round_ in rounds),
+            }
+        targets: dict[str, Any] = {}
+        labels = sorted(by_size, key=lambda label: int(label.split(":")[0]))
+        small, large = labels[0], labels[-1]
+        for scenario in (*TARGET_LISTS, "q_common"):
+            before = by_size[small]["scenarios"][scenario]["cost"]
+            after = by_size[large]["scenarios"][scenario]["cost"]
+            growth = round(after / before, 2) if before and after else None
+            targets[scenario] = {
+                "cost_small": before,
+                "cost_large": after,
+                "growth": growth,
+                "pass": None
+                if scenario == "q_common" or small == large
+                else (growth is not None and growth <= MAX_GROWTH),
+            }
+        ratio = by_size[large]["hammered_ratio"]
+        targets["hammered"] = {"ratio": ratio, "pass": ratio is not None and ratio >= MIN_HAMMERED}
+        summary[backend] = {"sizes": by_size, "targets": targets, "small": small, "large": large}
+    return summary
+
+
+async def _explain_lists(dataset: Dataset, paths: dict[str, str], secret_key: str) -> dict[str, Any]:
+    """The statements blogapi runs for each list (captured in process), with their plans."""
+    captured: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_args: Any) -> None:
+        captured.append((statement, parameters))
+
+    # The statement time limit at the EXPLAIN's own: a list that times out under load still
+    # shows the plan that made it slow.
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        database_url=dataset.url,
+        environment="production",
+        secret_key=secret_key,
+        statement_timeout_ms=EXPLAIN_LIMIT_SECONDS * 1000,
+    )
+    tables = re.compile(r'\b(FROM|JOIN)\s+[`"]?(post|post_tag|tag|user)\b', re.IGNORECASE)
+    plans: dict[str, Any] = {}
+    event.listen(Engine, "before_cursor_execute", capture)
+    try:
+        app = create_app(settings)
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            LifespanManager(app),
+            httpx.AsyncClient(transport=transport, base_url="http://bench") as client,
+        ):
+            await client.get("/health/ready")
+            for scenario, path in paths.items():
+                captured.clear()
+                response = await client.get(path, timeout=None)
+                plans[scenario] = []
+                for statement, parameters in list(captured):
+                    if statement.lstrip().upper().startswith(("SELECT", "WITH")) and tables.search(statement):
+                        try:
+                            plan = await _plan(dataset, statement, parameters)
+                        except Exception as error:
+                            plan = f"(no plan: {error.__class__.__name__}: {error})"
+                        if response.status_code != 200:
+                            plan = f"(the request answered {response.status_code})\n{plan}"
+                        plans[scenario].append({"statement": statement, "plan": plan})
+    finally:
+        event.remove(Engine, "before_cursor_execute", capture)
+    return plans
+
+
+EXPLAIN_LIMIT_SECONDS = 120
+
+
+async def _plan(dataset: Dataset, statement: str, parameters: Any) -> str:
+    """PostgreSQL: EXPLAIN ANALYZE; MariaDB: ANALYZE (the plan with the rows it really read)."""
+    arguments = tuple(parameters or ())
+    if isinstance(dataset, MariadbDataset):
+        connection = dataset.connect(dataset.name)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(f"SET SESSION max_statement_time = {EXPLAIN_LIMIT_SECONDS}")
+                try:
+                    cursor.execute("ANALYZE " + statement, arguments)
+                    prefix = ""
+                except pymysql.MySQLError as error:
+                    cursor.execute("EXPLAIN " + statement, arguments)
+                    prefix = f"(ANALYZE failed: {error}; EXPLAIN only)\n"
+                names = [column[0] for column in cursor.description or ()]
+                rows = [
+                    names,
+                    *[["" if value is None else str(value) for value in row] for row in cursor.fetchall()],
+                ]
+        finally:
+            connection.close()
+        widths = [max(len(row[index]) for row in rows) for index in range(len(names))]
+        return prefix + "\n".join(
+            "  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip()
+            for row in rows
+        )
+    connection = await asyncpg.connect(_asyncpg_dsn(dataset.url))
+    try:
+        await connection.execute(f"SET statement_timeout = '{EXPLAIN_LIMIT_SECONDS}s'")
+        try:
+            rows = await connection.fetch("EXPLAIN (ANALYZE, BUFFERS) " + statement, *arguments)
+            prefix = ""
+        except asyncpg.QueryCanceledError:
+            rows = await connection.fetch("EXPLAIN " + statement, *arguments)
+            prefix = f"(EXPLAIN ANALYZE exceeded {EXPLAIN_LIMIT_SECONDS} s; EXPLAIN only)\n"
+        return prefix + "\n".join(row[0] for row in rows)
+    finally:
+        await connection.close()
+
+
+def scale_runs(options: Options, secret_key: str, server_errors: dict[str, list[str]]) -> dict[str, Any]:
+    """The lists at each size on each backend, in rounds; fixtures, then plans at the largest size."""
+    datasets: dict[tuple[str, int], Dataset] = {}
+    fixtures: dict[tuple[str, int], Fixture] = {}
+    versions_: dict[str, str] = {}
+    for backend in options.scale_backends:
+        for posts in options.scale_sizes:
+            base = options.postgres_url if backend == "postgresql" else options.mariadb_url
+            kind = PostgresDataset if backend == "postgresql" else MariadbDataset
+            dataset = kind(scale_url(base, posts), posts // 10, 10)
+            print(f"  {backend} {size_label(posts)}: preparing {dataset.url}", flush=True)
+            dataset.prepare()
+            datasets[backend, posts] = dataset
+            fixtures[backend, posts] = scale_fixture(dataset)
+            print(f"    {fixtures[backend, posts]}", flush=True)
+            versions_[backend] = dataset.server_version()  # type: ignore[attr-defined]
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {
+        backend: {f"{posts}:{size_label(posts)}": [] for posts in options.scale_sizes}
+        for backend in options.scale_backends
+    }
+    order = list(datasets)
+    for number in range(1, options.scale_rounds + 1):
+        for backend, posts in order if number % 2 else reversed(order):
+            label = f"scale{number}-{backend}-{size_label(posts)}"
+            run, errors = scale_server_run(
+                datasets[backend, posts], fixtures[backend, posts], options, secret_key, label
+            )
+            results[backend][f"{posts}:{size_label(posts)}"].append(run)
+            server_errors.setdefault(f"blogapi ({backend}, {size_label(posts)} posts)", []).extend(errors)
+    # Kept before the plans, so a failure there loses no measurement.
+    (RESULTS / "scale-partial.json").write_text(json.dumps(results, indent=2) + "\n")
+    plans: dict[str, Any] = {}
+    largest = max(options.scale_sizes)
+    for backend in options.scale_backends:
+        print(f"  EXPLAIN at {size_label(largest)} posts on {backend}", flush=True)
+        dataset = datasets[backend, largest]
+        paths = scale_paths(fixtures[backend, largest], secret_key)
+        plans[backend] = asyncio.run(_explain_lists(dataset, paths, secret_key))
+        dataset.settle()
+    return {
+        "fixtures": {
+            f"{backend} {size_label(posts)}": asdict(fixture)
+            for (backend, posts), fixture in fixtures.items()
+        },
+        "versions": versions_,
+        "results": results,
+        "summary": scale_summary(results),
+        "plans": plans,
+        "plans_at": size_label(largest),
+        "options": {key: value for key, value in asdict(options).items() if key.startswith("scale")},
+    }
+
+
 # -- the report ----------------------------------------------------------------------------
 
 
@@ -962,13 +1631,16 @@ def blogapi_source() -> str:
         raise BenchError("blogapi is not importable: run `make install`")
     package = Path(spec.origin).parent
     git = subprocess.run(  # noqa: S603
-        [shutil.which("git") or "git", "-C", str(package), "describe", "--always", "--dirty"],
+        [shutil.which("git") or "git", "-C", str(package), "describe", "--always", "--dirty", "--abbrev=12"],
         capture_output=True,
         text=True,
         check=False,
     )
-    revision = f"git {git.stdout.strip()}" if git.returncode == 0 else "not a git checkout"
-    return f"{metadata.version('blogapi')}, {revision}, from {package}"
+    # A revision, never a path: BENCH_REVISION names an exported one (PYTHONPATH=/tmp/rev/src).
+    revision = os.environ.get("BENCH_REVISION") or (
+        f"git {git.stdout.strip()}" if git.returncode == 0 else "not a git checkout (set BENCH_REVISION)"
+    )
+    return f"{metadata.version('blogapi')}, {revision}"
 
 
 def versions(dataset: PostgresDataset) -> dict[str, str]:
@@ -1015,6 +1687,181 @@ def _run_rows(runs: dict[str, Run]) -> list[str]:
     return rows
 
 
+def _main_header(options: dict[str, Any]) -> list[str]:
+    return [
+        "",
+        "## blogapi and the baselines",
+        "",
+        f"- Data: `blogapi seed --users {options['users']} --posts-per-user {options['posts_per_user']}"
+        " --seed 1` (PostgreSQL database `blogapi_bench`); ids drawn uniformly from the seeded ranges.",
+        f"- Load: wrk, {options['connections']} connections, {options['wrk_threads']} thread(s),"
+        f" {options['duration']} s measured after {options['warmup']} s of warm-up, per scenario;"
+        f" {options['rounds']} alternating rounds (blogapi, tutorial, raw); medians across rounds."
+        " The ratio to raw is taken within each round.",
+        "- blogapi runs as shipped, `blogapi serve` (one worker; uvicorn's defaults: uvloop, httptools,"
+        f" access log on); the baselines under `uvicorn {' '.join(UVICORN_FLAGS)}`. raw's asyncpg pool"
+        " does not reset sessions on release (no `RESET ALL` round trip, as blogapi's pool): raw stays"
+        " the tightest bound, and blogapi's ratio includes its access log.",
+        "- Columns: *app CPU* is the server's process tree and *DB CPU* the PostgreSQL backends of"
+        " `blogapi_bench`, each per request; *other load* is the CPU (in cores) that everything else"
+        " on the machine used meanwhile: above ~0.2, other work competed with the run.",
+        "",
+        "### Requests/s relative to raw and to the tutorial (median of per-round ratios)",
+        "",
+        "| scenario | blogapi / raw | tutorial / raw | blogapi / tutorial | raw req/s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+
+
+def _failures(statuses: list[str]) -> str:
+    return "".join(f" ({status})" for status in statuses)
+
+
+def _verdict(passed: bool | None) -> str:
+    return "-" if passed is None else ("**pass**" if passed else "**FAIL**")
+
+
+def _scale_lines(scale: dict[str, Any]) -> list[str]:
+    summary, options = scale["summary"], scale["options"]
+    lines = [
+        "",
+        "## The lists at scale (blogapi alone, `blogapi serve`, one worker)",
+        "",
+        f"- Data: `blogapi seed --users N/10 --posts-per-user 10 --seed 1` for N posts, in databases"
+        " `<base>_10k`, `<base>_1m` (seeded once, reused while their rows are exactly the seeded ones);"
+        f" plus the tag `{RARE_TAG}` on the {RARE_TAG_POSTS} oldest posts"
+        " (the far end of a newest-first walk).",
+        f"- Load: wrk, {options['scale_connections']} connections, {options['scale_duration']} s measured"
+        f" after {options['scale_warmup']} s of warm-up per scenario; {options['scale_rounds']} round(s),"
+        " the data sets in alternating order. Between scenarios the runner waits until no statement"
+        " runs on the database (and cancels what runs on after 90 s).",
+        "- *cost*: GET /posts/{id}'s successful (2xx) responses a second over the list's, within the"
+        " same run (how many single posts one list request is worth; a 503 from the statement time"
+        " limit serves no page); median over rounds. *alone*: one request with nothing else"
+        " running, ms (and its status when not 200). *growth*: the cost at the largest size over the"
+        " cost at the smallest;"
+        f" target at most {MAX_GROWTH:g}x. The first page under hammering: its requests/s while"
+        f" {HAMMER_CLIENTS} clients loop over the other lists (each pausing {HAMMER_PAUSE_MS} ms after"
+        f" a response: at most {HAMMER_CLIENTS * 1000 // HAMMER_PAUSE_MS} requests/s in all), over its"
+        f" requests/s just before; target at least {MIN_HAMMERED:g}x.",
+        "- A common term has no target here: it may cost in proportion to its matches, under a"
+        " documented cap (issue 16).",
+        "- Server versions: "
+        + ", ".join(f"{name} {version}" for name, version in scale["versions"].items())
+        + ".",
+        "",
+        "Fixtures (terms found in the data; matches by `lower(title) LIKE`):",
+        "",
+        "| data set | rare term (matches) | common term (matches) | deep page after position |",
+        "|---|---|---|---:|",
+    ]
+    for name, fixture in scale["fixtures"].items():
+        lines.append(
+            f"| {name} | `{fixture['rare_term']}` ({fixture['rare_term_matches']})"
+            f" | `{fixture['common_term']}` ({fixture['common_term_matches']})"
+            f" | {fixture['deep_position']:,} |"
+        )
+    for backend, data in summary.items():
+        sizes = sorted(data["sizes"], key=lambda label: int(label.split(":")[0]))
+        names = [label.split(":")[1] for label in sizes]
+        lines += [
+            "",
+            f"### {backend}: targets",
+            "",
+            f"| list | cost at {names[0]} | cost at {names[-1]} | growth | target |",
+            "|---|---:|---:|---:|---|",
+        ]
+        for scenario, target in data["targets"].items():
+            if scenario == "hammered":
+                continue
+            lines.append(
+                f"| {SCALE_TITLES[scenario]} | {_number(target['cost_small'])}"
+                f" | {_number(target['cost_large'])}"
+                f" | {_number(target['growth'])} | {_verdict(target['pass'])} |"
+            )
+        hammered = data["targets"]["hammered"]
+        small_ratio = data["sizes"][sizes[0]]["hammered_ratio"]
+        lines.append(
+            f"| first page under hammering (ratio at {names[0]} / at {names[-1]}) | {_number(small_ratio)}"
+            f" | {_number(hammered['ratio'])} | - | {_verdict(hammered['pass'])} |"
+        )
+        hammers = ", ".join(
+            f"{name}: {data['sizes'][label]['hammer_rps']:.1f} req/s"
+            f" ({data['sizes'][label]['hammer_non2xx']} non-2xx)"
+            for label, name in zip(sizes, names, strict=True)
+        )
+        lines += ["", f"The hammering clients themselves got {hammers}."]
+        lines += [
+            "",
+            f"### {backend}: per scenario",
+            "",
+            "| scenario | size | 2xx/s | cost | alone ms | p50 ms | p99 ms | non-2xx | other load |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for scenario in SCALE_SCENARIOS:
+            for label, name in zip(sizes, names, strict=True):
+                stats = data["sizes"][label]["scenarios"][scenario]
+                lines.append(
+                    f"| {SCALE_TITLES[scenario]} | {name} | {stats['rps']:.1f} | {_number(stats['cost'])}"
+                    f" | {_number(stats['alone_ms'], 1)}{_failures(stats['alone_failed'])}"
+                    f" | {_ms(stats['p50_ms'])} | {_ms(stats['p99_ms'])}"
+                    f" | {_errors(stats['non2xx'], stats['socket_errors'])}"
+                    f" | {_number(stats['other_cores'], 1)} |"
+                )
+    lines += [
+        "",
+        f"### Plans of the list statements at {scale['plans_at']} posts",
+        "",
+        "Each list request was sent once to blogapi in process; every SELECT it ran is shown with"
+        " PostgreSQL's `EXPLAIN (ANALYZE, BUFFERS)` or MariaDB's `ANALYZE` (the plan with the rows"
+        " really read: `r_rows`), each limited to"
+        f" {EXPLAIN_LIMIT_SECONDS} s.",
+    ]
+    for backend, by_scenario in scale["plans"].items():
+        lines += ["", f"#### {backend}"]
+        for scenario, statements in by_scenario.items():
+            lines += [
+                "",
+                f"<details><summary>{SCALE_TITLES[scenario]}: {len(statements)} statement(s)</summary>",
+                "",
+            ]
+            for statement in statements:
+                lines += [
+                    "```sql",
+                    statement["statement"].strip(),
+                    "```",
+                    "```",
+                    statement["plan"],
+                    "```",
+                    "",
+                ]
+            lines.append("</details>")
+    return lines
+
+
+def _workers_lines(workers: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        "## `blogapi serve --workers 2` beside `--workers 1` (PostgreSQL, alternating rounds)",
+        "",
+        "Both as shipped (access log on). *ratio*: `--workers 2`'s requests/s over `--workers 1`'s,"
+        " within each round; the median and each round's. On 2 cores shared with wrk and PostgreSQL,"
+        " a second worker competes with them for the same cores.",
+        "",
+        "| scenario | req/s, 1 worker | req/s, 2 workers | ratio | by round | app CPU ms/req 1 / 2"
+        " | other load |",
+        "|---|---:|---:|---:|---|---:|---:|",
+    ]
+    for scenario, stats in workers["summary"].items():
+        by_round = ", ".join(f"{ratio:.2f}" for ratio in stats["ratios_by_round"])
+        lines.append(
+            f"| {TITLES[scenario]} | {stats['rps_1']:.0f} | {stats['rps_2']:.0f} | {stats['ratio']:.2f}"
+            f" | {by_round} | {_number(stats['cpu_1'])} / {_number(stats['cpu_2'])}"
+            f" | {_number(stats['other_cores'], 1)} |"
+        )
+    return lines
+
+
 def markdown(results: dict[str, Any]) -> str:
     meta, options, summary = results["meta"], results["options"], results["summary"]
     host, versions_ = meta["machine"], meta["versions"]
@@ -1027,37 +1874,33 @@ def markdown(results: dict[str, Any]) -> str:
         f" Linux {host['kernel']}; wrk, the servers and PostgreSQL share it.",
         f"- blogapi: {meta['blogapi']}.",
         "- Versions: " + ", ".join(f"{name} {version}" for name, version in versions_.items()) + ".",
-        f"- Data: `blogapi seed --users {options['users']} --posts-per-user {options['posts_per_user']}"
-        " --seed 1` (PostgreSQL database `blogapi_bench`); ids drawn uniformly from the seeded ranges.",
-        f"- Load: wrk, {options['connections']} connections, {options['wrk_threads']} thread(s),"
-        f" {options['duration']} s measured after {options['warmup']} s of warm-up, per scenario;"
-        f" one uvicorn worker per app ({' '.join(UVICORN_FLAGS)}); {options['rounds']} alternating rounds"
-        " (blogapi, tutorial, raw); medians across rounds. The ratio to raw is taken within each round.",
         f"- Load average (1, 5, 15 min) at start {_loads(meta['load_average']['start'])},"
-        f" at end {_loads(meta['load_average']['end'])}.",
-        "- Columns: *app CPU* is the server's process tree and *DB CPU* the PostgreSQL backends of"
-        " `blogapi_bench`, each per request; *other load* is the CPU (in cores) that everything else"
-        " on the machine used meanwhile: above ~0.2, other work competed with the run.",
-        "",
-        "## Requests/s relative to raw and to the tutorial (median of per-round ratios)",
-        "",
-        "| scenario | blogapi / raw | tutorial / raw | blogapi / tutorial | raw req/s |",
-        "|---|---:|---:|---:|---:|",
+        f" at end {_loads(meta['load_average']['end'])}. The machine is shared (other sessions run"
+        " tests on it): absolute figures are noisy; read the ratios, each taken within one run or round.",
     ]
+    for part, origin in results.get("merged", {}).items():
+        lines.append(
+            f"- The part *{part}* is from an earlier run: `{origin['command']}`, finished"
+            f" {origin['finished'][:16].replace('T', ' ')} UTC, blogapi {origin['blogapi']}, load average"
+            f" at start {_loads(origin['load_average']['start'])}."
+        )
+    if summary:
+        lines += _main_header(options)
     for scenario, apps in summary.items():
         blogapi, tutorial, raw = apps["blogapi"], apps["tutorial"], apps["raw"]
         lines.append(
             f"| {TITLES[scenario]} | {blogapi['ratio_to_raw']:.2f} | {tutorial['ratio_to_raw']:.2f}"
             f" | {blogapi['ratio_to_tutorial']:.2f} | {raw['rps']:.0f} |"
         )
-    lines += [
-        "",
-        "## Per app (medians; non-2xx summed over the rounds)",
-        "",
-        "| scenario | app | req/s | / raw | p50 ms | p99 ms | app CPU ms/req | DB CPU ms/req | other load"
-        " | non-2xx |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    if summary:
+        lines += [
+            "",
+            "### Per app (medians; non-2xx summed over the rounds)",
+            "",
+            "| scenario | app | req/s | / raw | p50 ms | p99 ms | app CPU ms/req | DB CPU ms/req | other load"
+            " | non-2xx |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
     for scenario, apps in summary.items():
         for app, stats in apps.items():
             lines.append(
@@ -1067,16 +1910,12 @@ def markdown(results: dict[str, Any]) -> str:
                 f" | {_errors(stats['non2xx'], stats['socket_errors'])} |"
             )
     extras = results["extras"]
+    if "scale" in extras:
+        lines += _scale_lines(extras["scale"])
     if "sqlite" in extras:
         lines += ["", "## blogapi on SQLite (one round, same seed)", "", *_run_rows(_runs(extras["sqlite"]))]
     if "workers" in extras:
-        lines += ["", "## `blogapi serve --workers 2` on PostgreSQL (one round)", ""]
-        lines += [
-            "`blogapi serve` has no flags for loop, parser or access log: uvicorn's defaults apply"
-            " (uvloop and httptools when installed, access log on).",
-            "",
-            *_run_rows(_runs(extras["workers"])),
-        ]
+        lines += _workers_lines(extras["workers"])
     if "soak" in extras:
         soak_ = extras["soak"]
         lines += [
@@ -1129,6 +1968,25 @@ def _runs(data: dict[str, dict[str, Any]]) -> dict[str, Run]:
 # -- main ----------------------------------------------------------------------------------
 
 
+def merge(results: dict[str, Any], earlier: dict[str, Any]) -> None:
+    """Add the parts of an earlier run that this one lacks, each labelled with its run."""
+    meta = earlier["meta"]
+    origin = {key: meta[key] for key in ("command", "finished", "blogapi", "load_average")}
+    if not results["summary"] and earlier.get("summary"):
+        results["summary"], results["rounds"] = earlier["summary"], earlier["rounds"]
+        results["options"] = {
+            **results["options"],
+            **{k: v for k, v in earlier["options"].items() if "scale" not in k},
+        }
+        results["merged"]["main"] = origin
+    for part, data in earlier.get("extras", {}).items():
+        if part not in results["extras"]:
+            results["extras"][part] = data
+            results["merged"][part] = origin
+    for server, errors in earlier.get("server_errors", {}).items():
+        results["server_errors"].setdefault(f"{server} (earlier run)", errors)
+
+
 def _raise_signal(signum: int, _frame: FrameType | None) -> None:
     if signum == signal.SIGALRM:
         raise BenchError("the time limit ran out (--time-limit)")
@@ -1149,11 +2007,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if shutil.which("wrk") is None:
             raise BenchError("wrk is not installed: `apt-get install wrk` (or run `make bench` as root)")
-        print("preparing the PostgreSQL data set", flush=True)
-        dataset = PostgresDataset(options.postgres_url, options)
-        dataset.prepare()
+        dataset = PostgresDataset(options.postgres_url, options.users, options.posts_per_user)
         server_errors: dict[str, list[str]] = {}
-        rounds = main_rounds(dataset, options, secret_key, server_errors)
+        rounds: list[dict[str, dict[str, Run]]] = []
+        if options.main:
+            print("preparing the PostgreSQL data set", flush=True)
+            dataset.prepare()
+            rounds = main_rounds(dataset, options, secret_key, server_errors)
         extras: dict[str, Any] = {}
         if options.sqlite:
             print("SQLite", flush=True)
@@ -1161,15 +2021,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 name: asdict(run) for name, run in sqlite_runs(options, secret_key, server_errors).items()
             }
         if options.workers:
-            print("blogapi serve --workers 2", flush=True)
-            runs = workers_runs(dataset, options, secret_key, server_errors)
-            extras["workers"] = {name: asdict(run) for name, run in runs.items()}
+            print("blogapi serve --workers 1 and --workers 2, side by side", flush=True)
+            extras["workers"] = workers_rounds(dataset, options, secret_key, server_errors)
         if options.soak:
             extras["soak"] = soak(dataset, options, secret_key, server_errors)
         if options.auth:
             print("sign-up and login", flush=True)
             runs = auth_runs(dataset, options, secret_key, server_errors)
             extras["auth"] = {name: asdict(run) for name, run in runs.items()}
+        if options.scale:
+            print("the lists at scale", flush=True)
+            extras["scale"] = scale_runs(options, secret_key, server_errors)
         results = {
             "meta": {
                 "command": "make bench" if os.environ.get("MAKELEVEL") and argv is None else command,
@@ -1181,7 +2043,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "versions": versions(dataset),
             },
             "options": asdict(options),
-            "summary": summarize(rounds),
+            "summary": summarize(rounds) if rounds else {},
             "rounds": [
                 {
                     scenario: {app: asdict(run) for app, run in apps.items()}
@@ -1191,7 +2053,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             ],
             "extras": extras,
             "server_errors": server_errors,
+            "merged": {},
         }
+        if options.merge is not None:
+            merge(results, json.loads(Path(options.merge).read_text()))
     except BenchError as error:
         print(f"bench: {error}", file=sys.stderr)
         return 1

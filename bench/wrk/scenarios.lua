@@ -1,12 +1,15 @@
 -- Every benchmark scenario, for wrk. bench/run.py calls:
---   wrk -s bench/wrk/scenarios.lua URL -- SCENARIO POSTS USERS AUTH NONCE
--- SCENARIO: post | posts_page | user_posts | user | create_post | mix | signup | login
+--   wrk -s bench/wrk/scenarios.lua URL -- SCENARIO POSTS USERS AUTH NONCE [PATHS]
+-- SCENARIO: post | posts_page | user_posts | user | create_post | mix | signup | login | paths
 -- POSTS, USERS: the seeded id ranges (ids are drawn uniformly from 1..N)
 -- AUTH:     "bearer:<token>" (blogapi) or "author:<id>" (baselines: author_id in the body)
 -- NONCE:    new for every wrk run; makes sign-up emails unique across runs
+-- PATHS:    for `paths`: space-separated GET paths (already URL-encoded), one drawn at random
+--           per request (the scale scenarios: a deep page, a rare tag, a title search, ...)
 -- done() prints one line, "BENCH_JSON {...}", which the runner parses.
 
 local scenario, max_post, max_user, auth, nonce
+local paths = {}
 local counter = 0
 local threads = {}
 
@@ -17,6 +20,9 @@ end
 
 function init(args)
    scenario, max_post, max_user, auth, nonce = args[1], tonumber(args[2]), tonumber(args[3]), args[4], args[5]
+   for path in string.gmatch(args[6] or "", "%S+") do
+      table.insert(paths, path)
+   end
    math.randomseed(os.time() + 7919 * thread_number)
 end
 
@@ -79,6 +85,8 @@ function request()
       return signup()
    elseif scenario == "login" then
       return login()
+   elseif scenario == "paths" and #paths > 0 then
+      return get(paths[math.random(#paths)])
    end
    error("unknown scenario " .. tostring(scenario))
 end
