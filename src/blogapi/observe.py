@@ -31,7 +31,7 @@ METRICS_ROUTE = "/metrics"
 CLIENT_CLOSED = 499
 """The status logged for a request whose client went away before its response started (nginx's)."""
 
-access_log = logs.get_logger("blogapi.access")
+access_log = logs.FastLogger("blogapi.access")
 
 
 def route_templates(app: FastAPI) -> dict[Callable[..., Any], str]:
@@ -138,7 +138,7 @@ class RequestObserver:
             if metrics is not None:
                 metrics.in_flight.dec()
                 metrics.observe(method, route, final, seconds, state)
-            if access_log.isEnabledFor(20):  # INFO
+            if access_log.enabled():
                 self.log(scope, method, route, final, seconds, sent, authorization, state)
             logs.request_id_var.reset(token)
 
