@@ -26,16 +26,15 @@ from typing import Any
 
 import anyio
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     disable_created_metrics,
-    generate_latest,
     multiprocess,
     start_http_server,
 )
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from sqlalchemy.pool import QueuePool
 from starlette.types import Receive, Scope, Send
@@ -200,9 +199,11 @@ class Metrics:
             self.sample(database)
             await asyncio.sleep(SAMPLE_SECONDS)
 
-    def exposition(self) -> bytes:
+    def exposition(self, accept: str) -> tuple[bytes, str]:
+        """The scrape, in the format the scraper asks for (Prometheus text, or OpenMetrics)."""
         assert self.registry is not None
-        return generate_latest(self.registry)
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
 
     def authorized(self, scope: Scope) -> bool:
         """Whether the request carries `Authorization: Bearer <METRICS_TOKEN>` (compared in constant time)."""
@@ -223,14 +224,15 @@ class Metrics:
             await response(scope, receive, send)
             return
         self.sample(database)
+        accept = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"accept"), "")
         # Reading the workers' files is blocking file I/O: off the event loop.
-        body = await anyio.to_thread.run_sync(self.exposition)
+        body, content_type = await anyio.to_thread.run_sync(self.exposition, accept)
         await send(
             {
                 "type": "http.response.start",
                 "status": 200,
                 "headers": [
-                    (b"content-type", CONTENT_TYPE_LATEST.encode()),
+                    (b"content-type", content_type.encode()),
                     (b"content-length", str(len(body)).encode()),
                     (b"cache-control", b"no-store"),
                 ],

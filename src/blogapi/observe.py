@@ -98,7 +98,10 @@ class RequestObserver:
             request_id = os.urandom(12).hex()
         token = logs.request_id_var.set(request_id)
         id_header = (b"x-request-id", request_id.encode())
-        state: dict[str, Any] = scope.setdefault("state", {})
+        # The request's own copy, as the ASGI spec has servers do (asgi-lifespan, in tests,
+        # hands every request the same dict): what the error handlers note is per request.
+        state: dict[str, Any] = dict(scope.get("state") or ())
+        scope["state"] = state
         status: int | None = None
         sent = 0
 
