@@ -42,6 +42,7 @@ request_id_var: ContextVar[str | None] = ContextVar("blogapi_request_id", defaul
 # are per-request noise (Alembic, on every /health/ready): shown from WARNING up.
 QUIET_LIBRARIES = (
     "sqlalchemy",
+    "blogapi.db.FairQueuePool",  # SQLAlchemy's pool logging, named after the pool's class
     "alembic",
     "aiosqlite",
     "asyncpg",
