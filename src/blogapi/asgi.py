@@ -1,12 +1,14 @@
 """The app object for ASGI servers (`blogapi serve`, `uvicorn blogapi.asgi:app`, `fastapi run`)."""
 
 import gc
-import logging
 
+from blogapi.config import get_settings
+from blogapi.logs import configure_logging
 from blogapi.main import create_app
 
-# Servers configure their own loggers only; ours (errors, with tracebacks) go to stderr.
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+# One stream for every line, the server's included (uvicorn configured its own loggers
+# before importing this module; this takes them over).
+configure_logging(get_settings())
 
 app = create_app()
 

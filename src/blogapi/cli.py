@@ -10,13 +10,17 @@ exceptions behind them carry statement parameters (password hashes) and setting 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import shutil
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
 from importlib.metadata import version as package_version
 from ipaddress import ip_address
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
@@ -176,16 +180,59 @@ def serve(
             err=True,
         )
     proxies = current.trusted_proxies
-    uvicorn.run(
-        "blogapi.asgi:app",
-        host=host,
-        port=port,
-        workers=None if reload else workers,
-        reload=reload,
-        proxy_headers=bool(proxies),
-        forwarded_allow_ips=",".join(proxies) if proxies else None,
-        timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
-    )
+    from blogapi.logs import configure_logging
+
+    configure_logging(current)
+    with _metrics_directory(current):
+        if current.metrics_port is not None:
+            from blogapi.metrics import serve_port  # after the directory is set: see _metrics_directory
+
+            serve_port(current)
+        uvicorn.run(
+            "blogapi.asgi:app",
+            host=host,
+            port=port,
+            workers=None if reload else workers,
+            reload=reload,
+            proxy_headers=bool(proxies),
+            forwarded_allow_ips=",".join(proxies) if proxies else None,
+            timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
+            # Every line goes through blogapi's configuration (logs.py), whose access log
+            # (one line per request, with its id and route) replaces uvicorn's.
+            log_config=None,
+            access_log=False,
+        )
+
+
+METRICS_DIRECTORY_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@contextlib.contextmanager
+def _metrics_directory(current: Settings) -> Iterator[None]:
+    """With metrics on, an empty PROMETHEUS_MULTIPROC_DIR where every worker writes its numbers.
+
+    An operator's own PROMETHEUS_MULTIPROC_DIR is emptied of an earlier run's files and kept;
+    else a temporary folder is made, and removed at the end. Set before prometheus-client is
+    first imported: it chooses its multiprocess mode then, once per process.
+    """
+    if not current.metrics_enabled:
+        yield
+        return
+    given = os.environ.get(METRICS_DIRECTORY_ENV)
+    if given:
+        directory = Path(given)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+    else:
+        directory = Path(tempfile.mkdtemp(prefix="blogapi-metrics-"))
+        os.environ[METRICS_DIRECTORY_ENV] = str(directory)
+    try:
+        yield
+    finally:
+        if not given:
+            os.environ.pop(METRICS_DIRECTORY_ENV, None)
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 async def _ensure_database(url: URL) -> bool:

@@ -16,7 +16,7 @@ from enum import StrEnum
 from functools import lru_cache
 from ipaddress import ip_network
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 import platformdirs
 from fastapi import Depends, Request
@@ -41,6 +41,11 @@ class DatabasePooler(StrEnum):
     NONE = "none"
     PGBOUNCER = "pgbouncer"
     """PgBouncer in transaction pooling mode (docs/scaling.md)."""
+
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+LogFormat = Literal["json", "text"]
+MIN_METRICS_TOKEN_LENGTH = 16
 
 
 class Settings(BaseSettings):
@@ -96,6 +101,16 @@ class Settings(BaseSettings):
     # CIDRs, comma-separated). None by default: a client could otherwise choose the address
     # that login throttling counts its failures against.
     trusted_proxies: Annotated[list[str], NoDecode] = []
+    # Logs and metrics (README, "Operating blogapi"). LOG_FORMAT: `json`, or `text`
+    # (readable key=value lines); unset, `json` when ENVIRONMENT=production.
+    log_level: LogLevel = "INFO"
+    log_format: LogFormat | None = None
+    # Metrics are off unless one of these is set: GET /metrics on the main port for
+    # `Authorization: Bearer <METRICS_TOKEN>`, and/or on METRICS_HOST:METRICS_PORT
+    # (served by `blogapi serve`, without a token: bind it where only scrapers reach).
+    metrics_token: SecretStr | None = None
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     @field_validator("database_url")
     @classmethod
@@ -117,6 +132,35 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def upper_case(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def lower_case(cls, value: object) -> object:
+        return (value.strip().lower() or None) if isinstance(value, str) else value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def long_metrics_token(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is None or not token.get_secret_value():
+            return None
+        if len(token.get_secret_value()) < MIN_METRICS_TOKEN_LENGTH:
+            raise ValueError(f"must be at least {MIN_METRICS_TOKEN_LENGTH} characters")
+        return token
+
+    @property
+    def logs_as_json(self) -> bool:
+        if self.log_format is None:
+            return self.environment is Environment.PRODUCTION
+        return self.log_format == "json"
+
+    @property
+    def metrics_enabled(self) -> bool:
+        return self.metrics_token is not None or self.metrics_port is not None
 
     @field_validator("trusted_proxies")
     @classmethod

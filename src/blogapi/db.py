@@ -173,6 +173,10 @@ class FairQueue(QueueCommon[ConnectionPoolEntry]):
     def qsize(self) -> int:
         return len(self._idle)
 
+    def waiting(self) -> int:
+        """Checkouts waiting for a connection (the metrics' `blogapi_db_pool_waiting`)."""
+        return sum(not waiter.done() for waiter in self._waiters)
+
     def put_nowait(self, item: ConnectionPoolEntry) -> None:
         while self._waiters:
             waiter = self._waiters.popleft()

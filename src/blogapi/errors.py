@@ -20,6 +20,8 @@ from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from blogapi.logs import REQUEST_ID_HEADER, current_request_id
+
 logger = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -202,6 +204,7 @@ class Problem(BaseModel):
                 "title": "Not Found",
                 "status": 404,
                 "detail": "post 7 not found",
+                "request_id": "5f0c4c3a9e1d2b7a6c8e0f12",
             }
         }
     )
@@ -213,6 +216,11 @@ class Problem(BaseModel):
     errors: list[FieldError] | None = None
     errors_omitted: int | None = None
     """How many more field errors the request had than `errors` lists (at most ERRORS_LISTED_MAX)."""
+    request_id: str | None = Field(
+        default=None,
+        description=f"The request's id, also in its `{REQUEST_ID_HEADER}` response header and in"
+        " every line the service logged about it: quote it in a bug report.",
+    )
 
 
 class DomainError(Exception):
@@ -325,6 +333,7 @@ def problem_response(
         detail=detail,
         errors=errors,
         errors_omitted=errors_omitted,
+        request_id=current_request_id(),
     )
     return JSONResponse(
         problem.model_dump(exclude_none=True),
@@ -340,8 +349,9 @@ def _service_unavailable(detail: str) -> JSONResponse:
     )
 
 
-async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
+    request.state.problem_type = exc.type  # for the metrics (login failures)
     return problem_response(exc.status, exc.detail, headers=exc.headers, problem_type=exc.type)
 
 
@@ -459,7 +469,13 @@ def _parameter_texts(parameters: object) -> Iterator[str]:
         yield parameters.decode(errors="replace")
 
 
+def _note_unavailable(request: Request, cause: str) -> None:
+    """Why the response is a 503, for the access log and the metrics (observe.py)."""
+    request.state.unavailable_cause = cause
+
+
 async def _pool_timeout(request: Request, exc: Exception) -> JSONResponse:
+    _note_unavailable(request, "pool_exhausted")
     logger.error(
         "database pool exhausted on %s %s: %s", request.method, request.url.path, database_cause(request, exc)
     )
@@ -498,6 +514,7 @@ def _retry_later(
     what: str = "transient conflict",
     detail: str = "the request conflicted with concurrent ones; retry shortly",
 ) -> JSONResponse:
+    _note_unavailable(request, what.replace(" ", "_"))
     # The retry middleware runs the request again while it may; this 503 is what the
     # client gets once it may not.
     request.state.retry_transaction = True
@@ -528,6 +545,7 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
     if is_statement_timeout(exc):
         # Never retried: a statement that ran out of time would run out of it again, and
         # each attempt would add its load to whatever made it slow.
+        _note_unavailable(request, "statement_timeout")
         logger.warning(
             "statement timeout on %s %s: %s", request.method, request.url.path, database_cause(request, exc)
         )
@@ -559,6 +577,7 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
         or isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)
     ):
         return await _unexpected_error(request, exc)
+    _note_unavailable(request, "database_unavailable")
     logger.error(
         "database unavailable on %s %s: %s", request.method, request.url.path, database_cause(request, exc)
     )
@@ -569,6 +588,7 @@ async def _connection_error(request: Request, exc: Exception) -> JSONResponse:
     # Some drivers (asyncpg when connecting) raise the socket's error unwrapped.
     if not isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
         return await _unexpected_error(request, exc)
+    _note_unavailable(request, "database_unavailable")
     logger.error(
         "database connection failed on %s %s: %s",
         request.method,

@@ -12,7 +12,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.security.base import SecurityBase
 
-from blogapi import __version__, health
+from blogapi import __version__, health, observe
 from blogapi.auth.router import router as auth_router
 from blogapi.config import Settings, get_settings
 from blogapi.db import Database
@@ -28,8 +28,23 @@ API_PREFIX = "/api/v1"
 # Every header the API defines beyond the CORS-safelisted ones, by the way it travels: a
 # browser page may send the request headers (preflights allow them) and read the response
 # headers (exposed). A test checks this against the OpenAPI document.
-REQUEST_HEADERS = ("Authorization", "Content-Type", "If-Match", "If-None-Match", "Idempotency-Key")
-RESPONSE_HEADERS = ("ETag", "Location", "Retry-After", "Idempotent-Replayed", "WWW-Authenticate", "Allow")
+REQUEST_HEADERS = (
+    "Authorization",
+    "Content-Type",
+    "If-Match",
+    "If-None-Match",
+    "Idempotency-Key",
+    "X-Request-ID",
+)
+RESPONSE_HEADERS = (
+    "ETag",
+    "Location",
+    "Retry-After",
+    "Idempotent-Replayed",
+    "WWW-Authenticate",
+    "Allow",
+    "X-Request-ID",
+)
 
 
 def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
@@ -44,7 +59,8 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.database = database or Database.from_settings(settings)
         try:
-            yield
+            async with observe.running(app, app.state.database):
+                yield
         finally:
             if database is None:
                 await app.state.database.dispose()
@@ -54,7 +70,9 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         version=__version__,
         description=(
             "Users and their posts. Errors are RFC 9457 problem details; their `type` says what"
-            " kind of error each is (see the `Problem` schema, or docs/problems.md)."
+            " kind of error each is (see the `Problem` schema, or docs/problems.md). Every response"
+            " carries an `X-Request-ID` header (the request's own, when it sent a well-formed one:"
+            " 1-64 letters, digits, `.`, `_` or `-`), also in its problem details as `request_id`."
         ),
         lifespan=lifespan,
         # FastAPI's pages load Swagger UI and ReDoc from a CDN; install_docs serves them offline.
@@ -87,6 +105,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         )
     app.add_middleware(RetryTransientErrors)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    observe.install(app, settings)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

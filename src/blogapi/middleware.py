@@ -81,9 +81,18 @@ class RetryTransientErrors:
             await self.app(scope, receive, send)
             return
         if scope["method"] == "HEAD":
-            # A copy: the server's own scope (its access log) still says HEAD.
-            scope = {**scope, "method": "GET"}
-            send = _without_body(send)
+            # A copy: the server's scope still says HEAD (uvicorn then sends no body).
+            head_scope, scope = scope, {**scope, "method": "GET"}
+            try:
+                await self._attempts(scope, receive, _without_body(send))
+            finally:
+                # Which route answered, for the access log and metrics (observe.py).
+                if "endpoint" in scope:
+                    head_scope["endpoint"] = scope["endpoint"]
+            return
+        await self._attempts(scope, receive, send)
+
+    async def _attempts(self, scope: Scope, receive: Receive, send: Send) -> None:
         body: list[Message] = []
 
         async def recording_receive() -> Message:

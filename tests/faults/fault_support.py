@@ -557,8 +557,13 @@ class Server:
 
 
 @contextlib.asynccontextmanager
-async def serve(argv: list[str], env: dict[str, str], directory: Path, port: int) -> AsyncIterator[Server]:
-    """Run a server process (uvicorn, `blogapi serve`) until the block ends; ready at /health/ready."""
+async def serve(
+    argv: list[str], env: dict[str, str], directory: Path, port: int, *, ready_seconds: float = 30
+) -> AsyncIterator[Server]:
+    """Run a server process (uvicorn, `blogapi serve`) until the block ends; ready at /health/ready.
+
+    Worker processes start slowly on a busy machine: give several more `ready_seconds`.
+    """
     log = directory / f"server-{port}.log"
     handle: IO[bytes]
     with log.open("wb") as handle:
@@ -574,7 +579,7 @@ async def serve(argv: list[str], env: dict[str, str], directory: Path, port: int
     server = Server(f"http://127.0.0.1:{port}", process, log)
     try:
         async with httpx.AsyncClient(base_url=server.base_url, timeout=2) as probe:
-            for _ in range(120):
+            for _ in range(int(ready_seconds * 4)):
                 if process.poll() is not None:
                     pytest.fail(f"the server exited {process.returncode}:\n{server.output()[-3000:]}")
                 with contextlib.suppress(httpx.TransportError):
