@@ -46,7 +46,9 @@ class User(Base):
     version: Mapped[int] = mapped_column(server_default=text("1"))
     """Counts changes (the ETag); the ORM adds `AND version = :loaded` to every UPDATE."""
     token_version: Mapped[int] = mapped_column(default=1, server_default=text("1"))
-    """Goes up when the password changes: tokens that carry an older one stop working."""
+    """No longer read: tokens were bound to it before sessions (auth/sessions), which a
+    password change now ends instead. Kept because dropping it rebuilds the user table on
+    SQLite; a later migration may drop it."""
 
     __mapper_args__ = {"version_id_col": version}  # noqa: RUF012  (read once, by the mapper)
 
