@@ -424,7 +424,8 @@ async def test_a_writing_request_records_a_stale_sessions_use_in_its_transaction
 
 async def count_sessions(database: Database) -> int:
     async with database.engine.connect() as connection:
-        count: int = await connection.scalar(select(func.count()).select_from(LoginSession))
+        count = await connection.scalar(select(func.count()).select_from(LoginSession))
+        assert count is not None
         return count
 
 
