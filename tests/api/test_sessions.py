@@ -408,6 +408,28 @@ async def test_last_used_is_written_at_most_once_a_minute(
     assert (await session_row(database, account.session_id)).last_used_at == first_use
 
 
+async def test_checking_the_callers_session_is_the_one_statement_that_loads_the_caller(
+    client: httpx.AsyncClient, accounts: Accounts, statements: StatementCounter
+) -> None:
+    """What the token-version check cost before sessions: the user's row joined with the
+    session's, both by primary key, in one statement."""
+    account = await accounts.create()
+    assert (await client.get(ME, headers=account.headers)).status_code == 200
+
+    statements.reset()
+    assert (await client.get(ME, headers=account.headers)).status_code == 200
+
+    queries = [sql for sql in statements.statements if sql.lstrip().upper().startswith("SELECT")]
+    assert len(queries) == 1, statements.statements
+    assert "session" in queries[0]
+    writes = [
+        sql
+        for sql in statements.statements
+        if sql.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE"))
+    ]
+    assert writes == []
+
+
 async def test_a_writing_request_records_a_stale_sessions_use_in_its_transaction(
     client: httpx.AsyncClient, accounts: Accounts, database: Database
 ) -> None:
