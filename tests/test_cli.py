@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO
 
 import httpx
+import jwt
 import pytest
 from alembic.script import ScriptDirectory
 from conftest import PASSWORD, Accounts, upgrade
@@ -502,6 +503,42 @@ async def test_unlock_lets_a_throttled_account_log_in_again(
     assert (await client.post(TOKEN_URL, data=login)).status_code == 200
     again = await blogapi(database_url, "user", "unlock", ann.email)
     assert "nothing to unlock" in again.stdout
+
+
+async def test_user_sessions_lists_the_open_sessions_and_logout_all_ends_them(
+    client: httpx.AsyncClient, accounts: Accounts, database_url: str
+) -> None:
+    ann = await accounts.create()
+    phone = await client.post(
+        TOKEN_URL,
+        data={"username": ann.email, "password": PASSWORD},
+        headers={"User-Agent": "Phone\x1b[31m/2"},
+    )
+    phone_session = jwt.decode(phone.json()["access_token"], options={"verify_signature": False})["sid"]
+    bob = await accounts.create()
+
+    listed = await blogapi(database_url, "user", "sessions", ann.email.upper())
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"{phone_session}\t")
+    assert lines[0].endswith("\tPhone[31m/2")  # no escape sequence reaches the terminal
+    assert lines[1].startswith(f"{ann.session_id}\t")
+    assert "127.0.0.1" in lines[1]
+
+    ended = await blogapi(database_url, "user", "logout-all", ann.email)
+    assert ended.returncode == 0, ended.stderr
+    assert ended.stdout.strip() == "ended 2 sessions"
+    assert (await client.get("/api/v1/users/me", headers=ann.headers)).status_code == 401
+    assert (await client.get("/api/v1/users/me", headers=bob.headers)).status_code == 200
+    assert (await blogapi(database_url, "user", "sessions", ann.email)).stdout.strip() == "no open sessions"
+
+
+async def test_user_sessions_of_an_unknown_email_is_one_line_and_status_1(database_url: str) -> None:
+    for command in ("sessions", "logout-all"):
+        result = await blogapi(database_url, "user", command, "nobody@example.com")
+        assert result.returncode == 1
+        assert result.stderr.strip() == "error: no user has the email nobody@example.com"
 
 
 # `blogapi serve`, as a real server on a free port.

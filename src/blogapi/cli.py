@@ -17,7 +17,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from importlib.metadata import version as package_version
 from ipaddress import ip_address
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from alembic import command
@@ -322,6 +322,45 @@ def unlock(email: Annotated[str, typer.Argument(help="The account's email.")]) -
         typer.echo(f"{address}: failed logins forgotten, the account may log in again")
     else:
         typer.echo(f"{address}: no failed logins recorded, nothing to unlock")
+
+
+SESSIONS_LISTED = 100
+
+
+@user_app.command()
+def sessions(email: Annotated[str, typer.Argument(help="The account's email.")]) -> None:
+    """List an account's open sessions, newest first: id, login, last use, address, user agent."""
+    from blogapi.auth.sessions import service as sessions_service
+    from blogapi.users import service as users_service
+
+    async def read(session: AsyncSession) -> list[Any]:
+        user_id = await users_service.user_id_of(session, email)
+        return await sessions_service.open_sessions(await session.connection(), user_id, SESSIONS_LISTED + 1)
+
+    rows = asyncio.run(_in_transaction(read))
+    if not rows:
+        typer.echo("no open sessions")
+    for row in rows[:SESSIONS_LISTED]:
+        typer.echo(
+            f"{row.id}\tlogged in {row.created_at:%Y-%m-%d %H:%M:%S}Z"
+            f"\tlast used {row.last_used_at:%Y-%m-%d %H:%M}Z\t{row.address}\t{row.user_agent or '-'}"
+        )
+    if len(rows) > SESSIONS_LISTED:
+        typer.echo(f"(only the newest {SESSIONS_LISTED} are listed)")
+
+
+@user_app.command("logout-all")
+def logout_all(email: Annotated[str, typer.Argument(help="The account's email.")]) -> None:
+    """End every session of an account: its tokens are refused at once, in every process."""
+    from blogapi.auth.sessions import service as sessions_service
+    from blogapi.users import service as users_service
+
+    async def end(session: AsyncSession) -> int:
+        user_id = await users_service.user_id_of(session, email)
+        return await sessions_service.revoke_all(await session.connection(), user_id)
+
+    ended = asyncio.run(_in_transaction(end))
+    typer.echo(f"ended {ended} session{'' if ended == 1 else 's'}")
 
 
 @app.command("create-admin")

@@ -254,6 +254,15 @@ async def update_user(
     return user
 
 
+async def user_id_of(session: AsyncSession, email: str) -> int:
+    """The id of the account with this email (normalised as logins normalise it), or NotFound."""
+    email = normalize_email(email.strip())
+    user_id = await session.scalar(select(User.id).where(User.email == email))
+    if user_id is None:
+        raise NotFound(f"no user has the email {email}")
+    return user_id
+
+
 async def set_admin(session: AsyncSession, email: str, *, is_admin: bool) -> User:
     """Promote or demote the account with this email (`blogapi user promote/demote`).
 

@@ -257,6 +257,12 @@ async def list_sessions(
     return params.page("sessions", rows, key=lambda row: [row.id], build=build)
 
 
+async def open_sessions(connection: AsyncConnection, user_id: int, limit: int) -> list[Any]:
+    """Up to `limit` of the user's open sessions, newest first (`blogapi user sessions`)."""
+    values = {"user_id": user_id, "now": utcnow(), "limit": limit}
+    return list(await connection.execute(_sessions_query(after=False), values))
+
+
 # SKIP LOCKED: a session another transaction holds is left for a later prune, so pruning
 # never waits on (nor deadlocks with) a refresh or a logout. SQLite ignores FOR UPDATE.
 _ENDED = (
