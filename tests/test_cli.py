@@ -534,8 +534,25 @@ async def test_user_sessions_lists_the_open_sessions_and_logout_all_ends_them(
     assert (await blogapi(database_url, "user", "sessions", ann.email)).stdout.strip() == "no open sessions"
 
 
+async def test_user_disable_ends_the_sessions_and_refuses_logins_until_enable(
+    client: httpx.AsyncClient, accounts: Accounts, database_url: str
+) -> None:
+    ann = await accounts.create()
+    login = {"username": ann.email, "password": PASSWORD}
+
+    disabled = await blogapi(database_url, "user", "disable", ann.email)
+
+    assert disabled.returncode == 0, disabled.stderr
+    assert disabled.stdout.strip() == f"{ann.email} is disabled: its sessions have ended"
+    assert (await client.get("/api/v1/users/me", headers=ann.headers)).status_code == 401
+    assert (await client.post(TOKEN_URL, data=login)).status_code == 401
+    enabled = await blogapi(database_url, "user", "enable", ann.email)
+    assert enabled.returncode == 0, enabled.stderr
+    assert (await client.post(TOKEN_URL, data=login)).status_code == 200
+
+
 async def test_user_sessions_of_an_unknown_email_is_one_line_and_status_1(database_url: str) -> None:
-    for command in ("sessions", "logout-all"):
+    for command in ("sessions", "logout-all", "disable", "enable"):
         result = await blogapi(database_url, "user", command, "nobody@example.com")
         assert result.returncode == 1
         assert result.stderr.strip() == "error: no user has the email nobody@example.com"

@@ -107,7 +107,7 @@ def test_specific_kinds_are_documented_where_they_happen(document: dict[str, Any
     assert ProblemType.IDEMPOTENCY_KEY_REUSED in kinds("create_post", "422")
     assert ProblemType.INVALID_CURSOR in kinds("list_posts", "422")
     assert ProblemType.PRECONDITION_FAILED in kinds("update_post", "412")
-    assert kinds("issue_token", "401") == {ProblemType.INVALID_CREDENTIALS}
+    assert kinds("issue_token", "401") == {ProblemType.INVALID_CREDENTIALS, ProblemType.ACCOUNT_DISABLED}
     assert kinds("read_me", "401") == {ProblemType.UNAUTHORIZED}
 
 

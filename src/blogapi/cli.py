@@ -324,6 +324,30 @@ def unlock(email: Annotated[str, typer.Argument(help="The account's email.")]) -
         typer.echo(f"{address}: no failed logins recorded, nothing to unlock")
 
 
+def _set_active(email: str, *, is_active: bool) -> None:
+    from blogapi.users import service as users_service
+
+    async def change(session: AsyncSession) -> str:
+        return (await users_service.set_active(session, email, is_active=is_active)).email
+
+    changed = asyncio.run(_in_transaction(change))
+    typer.echo(
+        f"{changed} is {'enabled: it may log in' if is_active else 'disabled: its sessions have ended'}"
+    )
+
+
+@user_app.command()
+def disable(email: Annotated[str, typer.Argument(help="The account's email.")]) -> None:
+    """Disable an account: it cannot log in, its sessions end at once; its posts stay readable."""
+    _set_active(email, is_active=False)
+
+
+@user_app.command()
+def enable(email: Annotated[str, typer.Argument(help="The account's email.")]) -> None:
+    """Enable a disabled account again: it may log in."""
+    _set_active(email, is_active=True)
+
+
 SESSIONS_LISTED = 100
 
 

@@ -42,6 +42,7 @@ class ProblemType(StrEnum):
     IDEMPOTENCY_KEY_REUSED = PROBLEM_TYPE_BASE + "idempotency-key-reused"
     UNAUTHORIZED = PROBLEM_TYPE_BASE + "unauthorized"
     INVALID_CREDENTIALS = PROBLEM_TYPE_BASE + "invalid-credentials"
+    ACCOUNT_DISABLED = PROBLEM_TYPE_BASE + "account-disabled"
     INVALID_REFRESH_TOKEN = PROBLEM_TYPE_BASE + "invalid-refresh-token"
     REFRESH_TOKEN_REUSED = PROBLEM_TYPE_BASE + "refresh-token-reused"
     FORBIDDEN = PROBLEM_TYPE_BASE + "forbidden"
@@ -96,6 +97,11 @@ PROBLEM_KINDS: dict[ProblemType, ProblemKind] = {
         HTTPStatus.UNAUTHORIZED,
         "Logging in failed: the email or the password is wrong (which one is not said).",
         "the email or password is incorrect",
+    ),
+    ProblemType.ACCOUNT_DISABLED: ProblemKind(
+        HTTPStatus.UNAUTHORIZED,
+        "The email and password are right, but an admin has disabled the account: it cannot log in.",
+        "this account is disabled",
     ),
     ProblemType.INVALID_REFRESH_TOKEN: ProblemKind(
         HTTPStatus.UNAUTHORIZED,
@@ -268,6 +274,10 @@ class Unauthorized(DomainError):
 
 class InvalidCredentials(Unauthorized):
     type = ProblemType.INVALID_CREDENTIALS
+
+
+class AccountDisabled(Unauthorized):
+    type = ProblemType.ACCOUNT_DISABLED
 
 
 class InvalidRefreshToken(Unauthorized):

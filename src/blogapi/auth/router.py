@@ -60,7 +60,7 @@ class LoginForm(BaseModel):
 
 @router.post(
     "/token",
-    responses=error_responses(ProblemType.INVALID_CREDENTIALS, 413, 422, 429),
+    responses=error_responses(ProblemType.INVALID_CREDENTIALS, ProblemType.ACCOUNT_DISABLED, 413, 422, 429),
     summary="Log in",
 )
 async def issue_token(

@@ -41,6 +41,10 @@ class User(Base):
     email: Mapped[str] = mapped_column(binary_string(EMAIL_MAX), unique=True)
     password_hash: Mapped[str] = mapped_column(String(PASSWORD_HASH_MAX))
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    # '1' as text: a boolean literal every backend takes (PostgreSQL casts it; MariaDB and
+    # SQLite store 1), and that MariaDB reports back as it was given (`true` would read as 1).
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True, server_default="1")
+    """False: disabled by an admin. Cannot log in, every session ended; posts stay readable."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=created_at_or_now, onupdate=utcnow)
     version: Mapped[int] = mapped_column(server_default=text("1"))

@@ -46,6 +46,7 @@ _USER_COLUMNS: AnySelect = select(
     User.name,
     User.email,
     User.is_admin,
+    User.is_active,
     User.created_at,
     User.updated_at,
     User.version,
@@ -60,6 +61,7 @@ _CALLER = (
         User.id == bindparam("user_id"),
         LoginSession.id == bindparam("session_id"),
         LoginSession.revoked_at.is_(None),
+        User.is_active.is_(True),
     )
 )
 
@@ -75,6 +77,7 @@ def to_read(user: Account, viewer: Account | None) -> UserRead:
         name=user.name,
         email=user.email if can_manage(viewer, user) else None,
         is_admin=user.is_admin,
+        is_active=user.is_active if can_manage(viewer, user) else None,
         created_at=user.created_at,
         updated_at=user.updated_at,
     )
@@ -242,6 +245,12 @@ async def update_user(
     changes = data.model_dump(exclude_unset=True, exclude={"current_password"})
     if "is_admin" in changes and changes["is_admin"] != user.is_admin and not actor.is_admin:
         raise Forbidden("only an admin may change is_admin")
+    if "is_active" in changes and changes["is_active"] != user.is_active:
+        if not actor.is_admin:
+            raise Forbidden("only an admin may disable or enable an account")
+        if not changes["is_active"]:
+            # Disabled: every session ends now (the caller's too, if they disable themself).
+            await sessions_service.revoke_all(await session.connection(), user.id)
     if "password" in changes:
         del changes["password"]
         assert password_hash is not None, "prepare_update hashes the new password"
@@ -261,6 +270,23 @@ async def user_id_of(session: AsyncSession, email: str) -> int:
     if user_id is None:
         raise NotFound(f"no user has the email {email}")
     return user_id
+
+
+async def set_active(session: AsyncSession, email: str, *, is_active: bool) -> User:
+    """Disable or enable the account with this email (`blogapi user disable/enable`).
+
+    Disabling ends every session of the account: its tokens are refused at once.
+    """
+    email = normalize_email(email.strip())
+    user = await session.scalar(select(User).where(User.email == email).with_for_update())
+    if user is None:
+        raise NotFound(f"no user has the email {email}")
+    if user.is_active != is_active:
+        user.is_active = is_active
+        await session.flush()
+    if not is_active:
+        await sessions_service.revoke_all(await session.connection(), user.id)
+    return user
 
 
 async def set_admin(session: AsyncSession, email: str, *, is_admin: bool) -> User:

@@ -1,10 +1,11 @@
-"""login sessions and refresh tokens
+"""login sessions and refresh tokens, and disabled accounts
 
 A login now starts a session (a row: who, when, from where, last used, expiry, revocation),
 and hands out a refresh token, stored as its SHA-256 only. Access tokens name their session
 (`sid`) instead of the user's token_version, which nothing reads any more (left in place:
 dropping it would rebuild the user table on SQLite). Tokens issued before this revision
-carry no `sid` and are refused (401): everyone logs in again once.
+carry no `sid` and are refused (401): everyone logs in again once. `user.is_active` (true for every existing
+account) lets an admin disable an account.
 
 Revision ID: a3c9e61f0d27
 Revises: b7e4d2a91c3f
@@ -66,9 +67,15 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("token_hash", name=op.f("pk_refresh_token")),
     )
     op.create_index(op.f("ix_refresh_token_session_id"), "refresh_token", ["session_id"])
+    # A NOT NULL column with a constant default is a plain ADD COLUMN, even on SQLite.
+    op.add_column("user", sa.Column("is_active", sa.Boolean(), server_default="1", nullable=False))
 
 
 def downgrade() -> None:
+    # SQLite copies the table to drop a column (foreign keys off meanwhile, see env.py);
+    # the copy must keep AUTOINCREMENT, or deleted ids would be handed out again.
+    with op.batch_alter_table("user", table_kwargs={"sqlite_autoincrement": True}) as batch_op:
+        batch_op.drop_column("is_active")
     # Their indexes go with them (MariaDB refuses to drop one a foreign key needs on its own).
     op.drop_table("refresh_token")
     op.drop_table("session")
