@@ -10,7 +10,11 @@ CHROMIUM := /usr/bin/chromium
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 
-.PHONY: help install run test browser lint format clean bench fuzz
+# Debian's packages the deploy/ files run (haproxy, PgBouncer, socat for haproxy's runtime API).
+DEPLOY_TOOLS := /usr/sbin/haproxy:haproxy /usr/sbin/pgbouncer:pgbouncer /usr/bin/socat:socat
+PGBOUNCER_PORT ?= 6432
+
+.PHONY: help install run test browser deploy-tools pgbouncer-start pgbouncer-stop lint format clean bench fuzz
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -37,6 +41,24 @@ browser:  ## install Debian's chromium for the browser tests (make test skips th
 		echo "installing chromium (apt-get)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || exit 1; \
 	fi
+
+deploy-tools:  ## install Debian's haproxy, pgbouncer and socat, which deploy/ runs (CI requires them)
+	@missing=""; for tool in $(DEPLOY_TOOLS); do \
+		[ -x "$${tool%%:*}" ] || missing="$$missing $${tool#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then \
+			echo "deploy/ needs$$missing (Debian packages): run 'sudo apt-get install$$missing' first" >&2; exit 1; \
+		fi; \
+		echo "installing$$missing (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; \
+	fi
+
+pgbouncer-start: deploy-tools  ## start PgBouncer (transaction pooling) on 127.0.0.1:$(PGBOUNCER_PORT) in front of 127.0.0.1:5432
+	PGBOUNCER_PORT=$(PGBOUNCER_PORT) deploy/pgbouncer.sh start
+
+pgbouncer-stop:  ## stop that PgBouncer (running transactions finish first)
+	PGBOUNCER_PORT=$(PGBOUNCER_PORT) deploy/pgbouncer.sh stop
 
 lint: install  ## formatting, lint and strict typing, as CI runs them
 	$(BIN)/ruff format --check .

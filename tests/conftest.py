@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -33,14 +34,15 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
-from sqlalchemy import delete, event, make_url, text
+from sqlalchemy import Connection, Dialect, Engine, MetaData, delete, event, make_url
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import QueuePool
 
 from blogapi.auth import security
 from blogapi.cli import alembic_config
-from blogapi.config import Environment, Settings
-from blogapi.db import Database, create_database
+from blogapi.config import DatabasePooler, Environment, Settings
+from blogapi.db import Database, create_database, transaction_pooler_connect_args
 from blogapi.main import create_app
 from blogapi.models import Base
 from blogapi.users import service as users_service
@@ -56,6 +58,14 @@ SERVER_URLS = {
     ),
 }
 REQUIRED = {name.strip() for name in os.environ.get("BLOGAPI_TEST_REQUIRE", "").split(",") if name.strip()}
+# BLOGAPI_TEST_BACKENDS=postgresql runs only the tests on those backends (CI's second
+# PostgreSQL run, through PgBouncer: the rest ran already).
+ONLY_BACKENDS = {
+    name.strip() for name in os.environ.get("BLOGAPI_TEST_BACKENDS", "").split(",") if name.strip()
+}
+# BLOGAPI_TEST_POSTGRES_POOLER=pgbouncer: BLOGAPI_TEST_POSTGRES_URL is a PgBouncer in
+# transaction mode; the app runs with DATABASE_POOLER=pgbouncer.
+POSTGRES_POOLER = DatabasePooler(os.environ.get("BLOGAPI_TEST_POSTGRES_POOLER", "none"))
 CHROMIUM = os.environ.get("BLOGAPI_TEST_CHROMIUM", "/usr/bin/chromium")
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
 PASSWORD = "correct horse battery"
@@ -67,19 +77,50 @@ _browser: dict[str, str] = {}  # "tested" or "skipped" -> what
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "backends(*names): run only on these backends")
+    config.addinivalue_line(
+        "markers",
+        "not_through_pgbouncer(reason): skipped, with the reason, when PostgreSQL is behind PgBouncer",
+    )
+    if POSTGRES_POOLER is DatabasePooler.PGBOUNCER:
+        # The engines tests make themselves (to set up, inspect, clean up) go through
+        # PgBouncer too: they get the options the app's engines get from DATABASE_POOLER.
+        event.listen(Engine, "do_connect", _through_transaction_pooler)
+
+
+def database_env(database_url: str) -> dict[str, str]:
+    """The environment a blogapi process needs for `database_url`: with the test PgBouncer,
+    DATABASE_POOLER too."""
+    env = {"DATABASE_URL": database_url}
+    if POSTGRES_POOLER is not DatabasePooler.NONE and database_url.startswith("postgresql"):
+        env["DATABASE_POOLER"] = POSTGRES_POOLER.value
+    return env
+
+
+def _through_transaction_pooler(dialect: Dialect, _record: Any, _args: Any, params: dict[str, Any]) -> None:
+    # Only the PgBouncer of BLOGAPI_TEST_POSTGRES_URL: tests of other servers (a private
+    # PgBouncer, private PostgreSQL servers) see engines exactly as the app makes them.
+    pooler = make_url(SERVER_URLS["postgresql"])
+    if dialect.name == "postgresql" and params.get("port") == pooler.port:
+        for name, value in transaction_pooler_connect_args().items():
+            params.setdefault(name, value)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect (not skip) a test's runs on backends its `backends` marker leaves out."""
+    """Deselect (not skip) a test's runs on backends its `backends` marker leaves out, and
+    with BLOGAPI_TEST_BACKENDS every test that runs on none of those."""
     selected, deselected = [], []
     for item in items:
         marker = item.get_closest_marker("backends")
         callspec = getattr(item, "callspec", None)
         backend = callspec.params.get("database_url") if callspec else None
-        if marker and backend and backend not in marker.args:
+        excluded = bool(ONLY_BACKENDS) and backend not in ONLY_BACKENDS
+        if excluded or (marker and backend and backend not in marker.args):
             deselected.append(item)
-        else:
-            selected.append(item)
+            continue
+        unpooled = item.get_closest_marker("not_through_pgbouncer")
+        if unpooled and backend == "postgresql" and POSTGRES_POOLER is DatabasePooler.PGBOUNCER:
+            item.add_marker(pytest.mark.skip(reason=f"not through PgBouncer: {unpooled.args[0]}"))
+        selected.append(item)
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = selected
@@ -102,11 +143,19 @@ async def _create_database(url: str) -> None:
     await create_database(url)
 
 
+def _drop_tables(connection: Connection) -> None:
+    """Every table the database holds, not only ours: a run on another branch may have left more."""
+    existing = MetaData()
+    with warnings.catch_warnings():  # reflection skips what it cannot read (expression indexes)
+        warnings.simplefilter("ignore", sa_exc.SAWarning)
+        existing.reflect(connection)
+    existing.drop_all(connection)
+
+
 async def _drop_everything(url: str) -> None:
     engine = create_async_engine(url)
     async with engine.begin() as connection:
-        await connection.run_sync(Base.metadata.drop_all)
-        await connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
+        await connection.run_sync(_drop_tables)
     await engine.dispose()
 
 
@@ -200,6 +249,7 @@ def settings(database_url: str) -> Settings:
         max_body_bytes=64 * 1024,
         # Every account a test makes signs up from the test client's one address.
         signups_per_address=100_000,
+        database_pooler=POSTGRES_POOLER if database_url.startswith("postgresql") else DatabasePooler.NONE,
         _env_file=None,
     )
 

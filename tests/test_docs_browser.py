@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import PASSWORD, upgrade
+from conftest import PASSWORD, database_env, upgrade
 from playwright.async_api import Browser, BrowserContext, Page, Request, Route, async_playwright
 
 HOST = "blogapi.test"
@@ -72,7 +72,7 @@ def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with log_path.open("wb") as log:
         server = subprocess.Popen(
             [Path(sys.executable).with_name("blogapi"), "serve", "--port", str(port)],
-            env=os.environ | {"DATABASE_URL": database_url, "ENVIRONMENT": "development"},
+            env=os.environ | database_env(database_url) | {"ENVIRONMENT": "development"},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

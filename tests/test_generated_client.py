@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import TEST_SECRET
+from conftest import TEST_SECRET, database_env
 
 from blogapi.config import Settings
 from blogapi.db import Database
@@ -128,7 +128,7 @@ def _free_port() -> int:
 async def _server(database_url: str, directory: Path) -> AsyncIterator[str]:
     """`blogapi serve` on a free port, until the block ends; its base URL once ready."""
     port = _free_port()
-    env = os.environ | {"DATABASE_URL": database_url, "SECRET_KEY": TEST_SECRET, "ENVIRONMENT": "test"}
+    env = os.environ | database_env(database_url) | {"SECRET_KEY": TEST_SECRET, "ENVIRONMENT": "test"}
     blogapi = Path(sys.executable).parent / "blogapi"
     log = directory / "server.log"
     with log.open("wb") as handle:

@@ -16,6 +16,7 @@ from conftest import TEST_SECRET, assert_problem, upgrade
 from fastapi import FastAPI, Request
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import make_url, text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from blogapi.cli import alembic_config
 from blogapi.config import Environment, Settings
@@ -26,6 +27,7 @@ from blogapi.main import create_app
 
 READY = "/health/ready"
 FIRST_REVISION = "c8f59356205a"
+NEWER_REVISION = "ffffffffffff"  # not shipped: what a later release's migration would write
 PASSWORD_IN_URL = "pw-never-logged"
 PARAMETER = "parameter-never-logged"
 
@@ -72,6 +74,29 @@ async def test_readiness_is_503_on_a_downgraded_schema_then_200_once_upgraded(
     assert problem["detail"] == f"{expected}: run `blogapi db upgrade`"
     assert problem["detail"] in caplog.text
     assert upgraded.status_code == 200
+
+
+async def test_readiness_on_a_schema_from_a_newer_release_does_not_say_to_upgrade(
+    settings: Settings, scratch_database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    await asyncio.to_thread(upgrade, scratch_database_url)
+    engine = create_async_engine(scratch_database_url)
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("UPDATE alembic_version SET version_num = :newer"), {"newer": NEWER_REVISION}
+        )
+    await engine.dispose()
+    with caplog.at_level(logging.WARNING, logger="blogapi.health"):
+        async with serving(_on(settings, scratch_database_url)) as client:
+            response = await client.get(READY)
+    problem = assert_problem(response, 503)
+    assert problem["detail"] == (
+        f"the database schema is at {NEWER_REVISION}, which this version of blogapi does not know"
+        f" (expected head {head_revision()}): a newer release migrated it; run that release, or"
+        f" downgrade the database to {head_revision()} with it"
+    )
+    assert "db upgrade" not in problem["detail"]
+    assert problem["detail"] in caplog.text
 
 
 def test_the_head_revision_is_the_newest_shipped_migration() -> None:

@@ -202,7 +202,7 @@ async def _ensure_database(url: URL) -> bool:
     finally:
         await engine.dispose()
     try:
-        return await create_database(url)
+        return await create_database(url, pooler=settings().database_pooler)
     except Exception as exc:
         reason = _database_reason(exc) or exc.__class__.__name__
         raise Failure(
@@ -442,10 +442,17 @@ def _codes(exc: BaseException) -> set[object]:
     """Every SQLSTATE (PostgreSQL) and error number (MariaDB) in the exception's chain."""
     codes: set[object] = set()
     for link in _chain(exc):
-        codes.add(getattr(link, "sqlstate", None))
+        sqlstate = getattr(link, "sqlstate", None)
+        if sqlstate == "08P01" and _PGBOUNCER_MISSING_DATABASE.fullmatch(str(link)):
+            # PgBouncer relays PostgreSQL's "does not exist" (3D000) as a protocol error.
+            sqlstate = "3D000"
+        codes.add(sqlstate)
         if link.__class__.__module__.startswith("pymysql") and link.args:
             codes.add(link.args[0])
     return codes - {None}
+
+
+_PGBOUNCER_MISSING_DATABASE = re.compile(r'database ".*" does not exist', re.DOTALL)
 
 
 def _missing_database(exc: BaseException) -> bool:
@@ -491,6 +498,12 @@ def explain(exc: BaseException) -> str | None:
     if isinstance(exc, ValidationError) and exc.title == Settings.__name__:
         return _settings_error(exc)
     if isinstance(exc, CommandError):
+        if str(exc).startswith("Can't locate revision"):
+            # A revision this version does not ship: a newer release migrated the database.
+            return (
+                f"migration error: {exc}\n"
+                "a newer release of blogapi migrated this database: run that release (or downgrade with it)"
+            )
         return f"migration error: {exc}"
     from blogapi.errors import DomainError
 

@@ -35,6 +35,14 @@ class Environment(StrEnum):
     TEST = "test"
 
 
+class DatabasePooler(StrEnum):
+    """What sits between blogapi and PostgreSQL."""
+
+    NONE = "none"
+    PGBOUNCER = "pgbouncer"
+    """PgBouncer in transaction pooling mode (docs/scaling.md)."""
+
+
 class Settings(BaseSettings):
     # A rejected value is never echoed in the error: it may be (part of) the secret key.
     model_config = SettingsConfigDict(
@@ -68,6 +76,14 @@ class Settings(BaseSettings):
     # milliseconds, so one past this is scanning: cut off with a 503, not left to run on
     # after its client has gone. Migrations are not limited.
     statement_timeout_ms: int = Field(default=5000, ge=0)
+    # `?q=` (search.py): a term found by the text index lists all its matches when they are
+    # at most this many; a more common (or a 1-2 character) term walks at most this many
+    # posts or users per page, newest first, and says so (`search_capped`).
+    search_max_matches: int = Field(default=1000, ge=1)
+
+    # PgBouncer in transaction mode hands each transaction a server connection of its own
+    # choosing: no prepared-statement caches, no session state, no autocommit reads.
+    database_pooler: DatabasePooler = DatabasePooler.NONE
     # Argon2 is CPU-bound: hashing on every core at once would starve the event loop.
     hash_concurrency: int = Field(default_factory=lambda: max(1, (os.cpu_count() or 2) // 2), ge=1)
     idempotency_key_hours: int = Field(default=24, ge=1)
@@ -122,6 +138,12 @@ class Settings(BaseSettings):
         if not self.data_dir.is_absolute():
             raise ValueError(f"DATA_DIR must be an absolute path, not {str(self.data_dir)!r}")
         self.database_url = resolve_sqlite_path(self.database_url, self.data_dir)
+        if self.database_pooler is DatabasePooler.PGBOUNCER and not self.database_url.startswith(
+            "postgresql"
+        ):
+            raise ValueError(
+                "DATABASE_POOLER=pgbouncer needs a PostgreSQL DATABASE_URL (PgBouncer's address)"
+            )
         self.secret_key_file = self.data_dir / self.secret_key_file.expanduser()
         secret = self.secret_key.get_secret_value()
         if self.environment is Environment.PRODUCTION and len(secret) < MIN_SECRET_KEY_LENGTH:

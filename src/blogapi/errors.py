@@ -58,6 +58,7 @@ class ProblemType(StrEnum):
     INTERNAL_ERROR = PROBLEM_TYPE_BASE + "internal-error"
     SERVICE_UNAVAILABLE = PROBLEM_TYPE_BASE + "service-unavailable"
     STATEMENT_TIMEOUT = PROBLEM_TYPE_BASE + "statement-timeout"
+    CORS_REFUSED = PROBLEM_TYPE_BASE + "cors-refused"
 
     @property
     def slug(self) -> str:
@@ -179,12 +180,21 @@ PROBLEM_KINDS: dict[ProblemType, ProblemKind] = {
         " `Retry-After` seconds, or ask for less (a narrower filter, a smaller page).",
         "the request took too long in the database; retry shortly",
     ),
+    ProblemType.CORS_REFUSED: ProblemKind(
+        HTTPStatus.BAD_REQUEST,
+        "A CORS preflight asked for an origin, method or header this service does not allow"
+        " (`CORS_ORIGINS`); the browser will not send the request.",
+        "disallowed CORS origin",
+    ),
 }
 
 # The kind of an error known only by its status (a framework's error, a handler's response).
 _KIND_OF_STATUS: dict[int, ProblemType] = {}
 for _problem_type, _kind in PROBLEM_KINDS.items():
-    _KIND_OF_STATUS.setdefault(_kind.status, _problem_type)
+    if (
+        _problem_type is not ProblemType.CORS_REFUSED
+    ):  # named where it happens; other 400s are the HTTP layer's
+        _KIND_OF_STATUS.setdefault(_kind.status, _problem_type)
 
 
 def _problem_type_description() -> str:

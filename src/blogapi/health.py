@@ -25,13 +25,38 @@ class Health(BaseModel):
 
 
 @cache
-def head_revision() -> str:
-    """The head of the migrations shipped with this version of blogapi (read once)."""
+def _shipped_migrations() -> ScriptDirectory:
     config = Config()
     config.set_main_option("script_location", "blogapi:migrations")
-    head = ScriptDirectory.from_config(config).get_current_head()
+    return ScriptDirectory.from_config(config)
+
+
+@cache
+def head_revision() -> str:
+    """The head of the migrations shipped with this version of blogapi (read once)."""
+    head = _shipped_migrations().get_current_head()
     assert head is not None, "the shipped migrations have one head"
     return head
+
+
+def _unknown(revisions: tuple[str, ...]) -> list[str]:
+    """The revisions this version of blogapi does not ship: a newer release migrated the database."""
+    shipped = {script.revision for script in _shipped_migrations().walk_revisions()}
+    return [revision for revision in revisions if revision not in shipped]
+
+
+def schema_mismatch(revisions: tuple[str, ...], head: str) -> str:
+    """Why a schema at `revisions` is not the one this version needs, and what to do."""
+    if not revisions:
+        return f"the database has no schema: {UPGRADE_HINT}"
+    unknown = _unknown(revisions)
+    if unknown:
+        return (
+            f"the database schema is at {', '.join(unknown)}, which this version of blogapi does not know"
+            f" (expected head {head}): a newer release migrated it; run that release, or downgrade"
+            f" the database to {head} with it"
+        )
+    return f"the database schema is at {', '.join(revisions)}, expected head {head}: {UPGRADE_HINT}"
 
 
 def _schema_revisions(connection: Connection) -> tuple[str, ...]:
@@ -55,10 +80,7 @@ async def ready(request: Request) -> Health:
         logger.error("not ready: the database is unreachable: %s", database_cause(request, exc))
         raise ServiceUnavailable("the database is unreachable") from exc
     if revisions != (head,):
-        if revisions:
-            reason = f"the database schema is at {', '.join(revisions)}, expected head {head}: {UPGRADE_HINT}"
-        else:
-            reason = f"the database has no schema: {UPGRADE_HINT}"
+        reason = schema_mismatch(revisions, head)
         logger.warning("not ready: %s", reason)
         raise ServiceUnavailable(reason)
     return Health(status="ok")

@@ -113,10 +113,22 @@ def _takes_an_optional_token(dependant: Dependant) -> bool:
     return bool(schemes) and not any(getattr(scheme, "auto_error", True) for scheme in schemes)
 
 
+OPTIONAL_CREDENTIALS_NOTE = (
+    "**Token optional.** Anyone may call this without credentials. With a bearer token "
+    "(`Authorization: Bearer ...`), the answer shows what that caller may see: their own "
+    "email, or every email to an admin. An invalid or expired token is a 401, not an "
+    "anonymous answer."
+)
+
+
 def _openapi(app: FastAPI) -> dict[str, Any]:
     """FastAPI's document, with errors described as what they are: problem+json.
 
-    Operations whose token is optional also accept no credentials (`{}` in `security`).
+    Operations whose token is optional declare no security requirement, and say in their
+    description that a token is read when sent (`OPTIONAL_CREDENTIALS_NOTE`). The standard form,
+    `security: [{}, OAuth2PasswordBearer]`, would be truer, but openapi-python-client (0.29.1)
+    ignores the `{}` and makes its generated calls demand an authenticated client (its issue
+    #1372); tests/test_generated_client.py type-checks an anonymous call to each.
     """
     if app.openapi_schema is None:
         schema = get_openapi(
@@ -136,7 +148,9 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             if optional and context.path_format in schema["paths"]:
                 for method in context.methods or ():
                     operation = schema["paths"][context.path_format][method.lower()]
-                    operation["security"] = [{}, *operation.get("security", [])]
+                    operation.pop("security", None)
+                    description = operation.get("description", "")
+                    operation["description"] = f"{description}\n\n{OPTIONAL_CREDENTIALS_NOTE}".strip()
         for unused in ("HTTPValidationError", "ValidationError"):
             schema.get("components", {}).get("schemas", {}).pop(unused, None)
         app.openapi_schema = schema

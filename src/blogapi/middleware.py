@@ -11,7 +11,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from blogapi.errors import PayloadTooLarge, problem_response
+from blogapi.errors import PayloadTooLarge, ProblemType, problem_response
 
 # Browsers must not guess another type than the one declared (a JSON body sniffed as HTML).
 NOSNIFF = (b"x-content-type-options", b"nosniff")
@@ -153,4 +153,6 @@ class ProblemCORSMiddleware(CORSMiddleware):
             if name not in ("content-type", "content-length")
         }
         detail = bytes(response.body).decode().replace("Disallowed", "disallowed")
-        return problem_response(response.status_code, detail, headers=headers)
+        return problem_response(
+            response.status_code, detail, headers=headers, problem_type=ProblemType.CORS_REFUSED
+        )

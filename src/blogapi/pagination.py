@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, Query, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from blogapi.errors import InvalidCursor
 
@@ -33,6 +33,21 @@ R = TypeVar("R")
 class Page(BaseModel, Generic[T]):
     items: list[T]
     next_cursor: str | None
+
+
+class SearchPage(Page[T], Generic[T]):
+    """A page of a list that `q` may filter (search.py)."""
+
+    search_capped: bool = Field(
+        default=False,
+        description=(
+            "True when `q` was too common (more matches than SEARCH_MAX_MATCHES) or too short"
+            " (no three letters or digits in a row) for the text index, and this page's walk"
+            " ended, after SEARCH_MAX_MATCHES items of the list, before the page was full: the"
+            " page may hold fewer items than `limit`, even none, and `next_cursor` continues"
+            " the walk."
+        ),
+    )
 
 
 def _b64encode(data: bytes) -> str:
@@ -102,6 +117,25 @@ class PageParams:
         rows = rows[: self.limit]
         next_cursor = self.codec.encode(kind, key(rows[-1])) if has_more else None
         return Page[R](items=[build(row) for row in rows], next_cursor=next_cursor)
+
+    def search_page(
+        self,
+        kind: str,
+        rows: list[T],
+        key: Callable[[T], list[Any]],
+        build: Callable[[T], R],
+        *,
+        walked_to: list[Any] | None = None,
+    ) -> SearchPage[R]:
+        """`page`, for a list `q` may filter. `walked_to` is the position where a capped walk
+        stopped (search.py): when the rows do not fill the page, the page is flagged and its
+        cursor continues from there."""
+        page = self.page(kind, rows, key, build)
+        if walked_to is not None and len(rows) <= self.limit:
+            return SearchPage[R](
+                items=page.items, next_cursor=self.codec.encode(kind, walked_to), search_capped=True
+            )
+        return SearchPage[R](items=page.items, next_cursor=page.next_cursor)
 
 
 async def page_params(

@@ -30,33 +30,43 @@ IfNoneMatchHeader = Annotated[
     ),
 ]
 
-ETAG_HEADER = {"ETag": {"description": "The resource's version (strong).", "schema": {"type": "string"}}}
+ETAG_HEADER = {
+    "ETag": {
+        "description": "The representation's version (strong, opaque): send it in If-Match or If-None-Match.",
+        "schema": {"type": "string"},
+    }
+}
 
 
-def etag(version: int) -> str:
-    return f'"{version}"'
+def etag(*parts: int | str) -> str:
+    """A strong ETag naming everything a representation shows: `"3"`, `"3.7"`, `"3.public"`.
+
+    A post shows its author's name, so its tag names the post's and the author's versions: a
+    rename changes it. A user shown without their email (to anyone but themself or an admin)
+    has a tag of its own, so a cached anonymous copy is never confirmed to its owner.
+    """
+    return '"' + ".".join(str(part) for part in parts) + '"'
 
 
-def require_match(if_match: str | None, version: int) -> None:
-    """Raise PreconditionFailed unless If-Match is absent, `*`, or names this version.
+def require_match(if_match: str | None, current: str) -> None:
+    """Raise PreconditionFailed unless If-Match is absent, `*`, or names the `current` ETag.
 
     Weak tags (W/"...") never match: If-Match uses the strong comparison (RFC 9110 13.1.1).
     """
     if if_match is None:
         return
     tags = {tag.strip() for tag in if_match.split(",")}
-    if "*" not in tags and etag(version) not in tags:
+    if "*" not in tags and current not in tags:
         raise PreconditionFailed("the resource has changed since you read it; GET it again")
 
 
-def not_modified(if_none_match: str | None, version: int) -> bool:
-    """Whether If-None-Match names this version, or is `*`: a GET then answers 304.
+def not_modified(if_none_match: str | None, current: str) -> bool:
+    """Whether If-None-Match names the `current` ETag, or is `*`: a GET then answers 304.
 
     If-None-Match uses the weak comparison (RFC 9110 13.1.2): W/"3" matches "3".
     """
     if if_none_match is None:
         return False
-    current = etag(version)
     for tag in if_none_match.split(","):
         tag = tag.strip().removeprefix("W/")
         if tag in ("*", current):
@@ -64,8 +74,8 @@ def not_modified(if_none_match: str | None, version: int) -> bool:
     return False
 
 
-def not_modified_response(version: int) -> Response:
-    return Response(status_code=HTTPStatus.NOT_MODIFIED, headers={"ETag": etag(version)})
+def not_modified_response(current: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(status_code=HTTPStatus.NOT_MODIFIED, headers={"ETag": current, **(headers or {})})
 
 
 NOT_MODIFIED: dict[int | str, dict[str, Any]] = {

@@ -12,9 +12,10 @@ from faker import Faker
 from rich.progress import Progress
 from sqlalchemy import bindparam, func, insert, select, update
 
+from blogapi import search
 from blogapi.auth.security import hash_password
 from blogapi.config import Settings
-from blogapi.db import Database
+from blogapi.db import Database, fold_for_search
 from blogapi.posts.models import Post, Tag, post_tag
 from blogapi.users import service as users_service
 from blogapi.users.models import User
@@ -89,6 +90,14 @@ async def seed_database(settings: Settings, users: int, posts_per_user: int, ran
                         )
                     )
                     progress.advance(user_task, count)
+                    connection = await session.connection()
+                    await search.index_names(
+                        connection,
+                        [
+                            (user_id, fold_for_search(cast(str, row["name"])))
+                            for user_id, row in zip(user_ids, user_rows, strict=True)
+                        ],
+                    )
                     post_rows = []
                     for user_id, user_row in zip(user_ids, user_rows, strict=True):
                         joined = cast(datetime, user_row["created_at"])
@@ -107,6 +116,14 @@ async def seed_database(settings: Settings, users: int, posts_per_user: int, ran
                             insert(Post).returning(Post.id, sort_by_parameter_order=True), post_rows
                         )
                     )
+                    # The search index of MariaDB is the service's to write (search.py).
+                    await search.index_titles(
+                        connection,
+                        [
+                            (post_id, fold_for_search(cast(str, row["title"])))
+                            for post_id, row in zip(post_ids, post_rows, strict=True)
+                        ],
+                    )
                     links_of = [
                         (post_id, tag_id)
                         for post_id in post_ids
@@ -124,7 +141,7 @@ async def seed_database(settings: Settings, users: int, posts_per_user: int, ran
                         links = Counter(tag_id for _, tag_id in links_of)
                         # On the connection: a list of parameters would make the session's
                         # execute an ORM bulk UPDATE by primary key.
-                        await (await session.connection()).execute(
+                        await connection.execute(
                             _ADD_TO_COUNT,
                             [{"tag_id": tag_id, "links": links[tag_id]} for tag_id in sorted(links)],
                         )

@@ -28,7 +28,9 @@ API = "/api/v1"
 POSTS = f"{API}/posts"
 USERS = f"{API}/users"
 PROBLEM = "application/problem+json"
-STRONG_ETAG = re.compile(r'^"(\d+)"$')
+# A strong ETag starts with the resource's version: `"3"`, a post's `"3.<author version>"`, a
+# user shown without their email `"3.public"`.
+STRONG_ETAG = re.compile(r'^"(\d+)(?:\.(?:\d+|public))?"$')
 INSERT_INTO_POST = re.compile(r"^\s*INSERT INTO [`\"]?post[`\"]?[\s(]", re.IGNORECASE)
 
 
@@ -36,7 +38,7 @@ INSERT_INTO_POST = re.compile(r"^\s*INSERT INTO [`\"]?post[`\"]?[\s(]", re.IGNOR
 
 
 def version_of(response: httpx.Response) -> int:
-    """The version inside a strong ETag (`"<int>"`); fails for a missing or weak tag."""
+    """The version a strong ETag starts with; fails for a missing or weak tag."""
     etag = response.headers.get("etag")
     assert etag is not None, f"no ETag on {response.request.method} {response.request.url}"
     match = STRONG_ETAG.match(etag)
@@ -52,8 +54,9 @@ async def create_post(
     return response
 
 
-async def read(client: httpx.AsyncClient, path: str) -> httpx.Response:
-    response = await client.get(path)
+async def read(client: httpx.AsyncClient, path: str, viewer: Account | None = None) -> httpx.Response:
+    """GET `path`, as `viewer` if given: a user's ETag for If-Match is the one their owner sees."""
+    response = await client.get(path, headers=viewer.headers if viewer else None)
     assert response.status_code == 200, response.text
     return response
 
@@ -108,7 +111,8 @@ async def test_users_me_and_users_id_return_the_same_strong_etag(
     ann = await accounts.create()
     me = await client.get(f"{USERS}/me", headers=ann.headers)
     assert me.status_code == 200, me.text
-    assert version_of(me) == version_of(await read(client, f"{USERS}/{ann.id}"))
+    assert me.headers["etag"] == (await read(client, f"{USERS}/{ann.id}", ann)).headers["etag"]
+    assert version_of(me) == version_of(await read(client, f"{USERS}/{ann.id}"))  # the public copy's tag
 
 
 # --- If-Match on posts -----------------------------------------------------------------------------
@@ -177,7 +181,7 @@ async def test_a_weak_etag_never_matches_even_for_the_current_version(
     ann = await accounts.create()
     created = await create_post(client, ann, "Kept")
     post_id = created.json()["id"]
-    weak = f'W/"{version_of(created)}"'
+    weak = f"W/{created.headers['etag']}"
     response = await client.patch(
         f"{POSTS}/{post_id}", json={"title": "Weak"}, headers=with_if_match(ann, weak)
     )
@@ -191,8 +195,7 @@ async def test_an_if_match_list_containing_the_current_etag_succeeds(
     ann = await accounts.create()
     created = await create_post(client, ann)
     post_id = created.json()["id"]
-    current = version_of(created)
-    listed = f'"{current + 100}", "{current}"'
+    listed = f'"{version_of(created) + 100}", {created.headers["etag"]}'
     response = await client.patch(
         f"{POSTS}/{post_id}", json={"title": "Listed"}, headers=with_if_match(ann, listed)
     )
@@ -335,7 +338,7 @@ async def test_patching_a_user_with_the_current_etag_succeeds(
     client: httpx.AsyncClient, accounts: Accounts
 ) -> None:
     ann = await accounts.create()
-    current = (await read(client, f"{USERS}/{ann.id}")).headers["etag"]
+    current = (await read(client, f"{USERS}/{ann.id}", ann)).headers["etag"]
     response = await client.patch(
         f"{USERS}/{ann.id}", json={"name": "Renamed"}, headers=with_if_match(ann, current)
     )
@@ -347,7 +350,7 @@ async def test_patching_a_user_with_a_stale_etag_is_412_and_changes_nothing(
     client: httpx.AsyncClient, accounts: Accounts
 ) -> None:
     ann = await accounts.create()
-    stale = (await read(client, f"{USERS}/{ann.id}")).headers["etag"]
+    stale = (await read(client, f"{USERS}/{ann.id}", ann)).headers["etag"]
     await client.patch(f"{USERS}/{ann.id}", json={"name": "Second"}, headers=ann.headers)
     response = await client.patch(
         f"{USERS}/{ann.id}", json={"name": "Third"}, headers=with_if_match(ann, stale)
@@ -363,8 +366,8 @@ async def test_if_match_forms_on_a_user(
     client: httpx.AsyncClient, accounts: Accounts, if_match: str, expected: int
 ) -> None:
     ann = await accounts.create("Original")
-    current = version_of(await read(client, f"{USERS}/{ann.id}"))
-    header = {"*": "*", "weak": f'W/"{current}"', "list": f'"{current + 9}", "{current}"'}[if_match]
+    current = (await read(client, f"{USERS}/{ann.id}", ann)).headers["etag"]
+    header = {"*": "*", "weak": f"W/{current}", "list": f'"999999", {current}'}[if_match]
     response = await client.patch(
         f"{USERS}/{ann.id}", json={"name": "Changed"}, headers=with_if_match(ann, header)
     )
@@ -377,7 +380,7 @@ async def test_deleting_a_user_with_a_stale_etag_is_412_and_keeps_them(
     client: httpx.AsyncClient, accounts: Accounts
 ) -> None:
     ann = await accounts.create()
-    stale = (await read(client, f"{USERS}/{ann.id}")).headers["etag"]
+    stale = (await read(client, f"{USERS}/{ann.id}", ann)).headers["etag"]
     await client.patch(f"{USERS}/{ann.id}", json={"name": "Second"}, headers=ann.headers)
     response = await client.delete(f"{USERS}/{ann.id}", headers=with_if_match(ann, stale))
     assert_problem(response, 412)
@@ -388,7 +391,7 @@ async def test_deleting_a_user_with_the_current_etag_is_204(
     client: httpx.AsyncClient, accounts: Accounts
 ) -> None:
     ann = await accounts.create()
-    current = (await read(client, f"{USERS}/{ann.id}")).headers["etag"]
+    current = (await read(client, f"{USERS}/{ann.id}", ann)).headers["etag"]
     response = await client.delete(f"{USERS}/{ann.id}", headers=with_if_match(ann, current))
     assert response.status_code == 204, response.text
     assert (await client.get(f"{USERS}/{ann.id}")).status_code == 404
@@ -399,7 +402,7 @@ async def test_of_two_concurrent_user_patches_with_one_etag_exactly_one_wins(
 ) -> None:
     ann = await accounts.create()
     for round_ in range(5):
-        before = await read(client, f"{USERS}/{ann.id}")
+        before = await read(client, f"{USERS}/{ann.id}", ann)
         names = (f"A{round_}", f"B{round_}")
         responses = await asyncio.gather(
             *(

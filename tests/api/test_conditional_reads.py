@@ -64,10 +64,54 @@ async def test_an_etag_from_before_a_change_gets_the_new_version_with_200(
     field = "title" if kind == "post" else "name"
     changed = await client.patch(url, json={field: "changed"}, headers=owner.headers)
     assert changed.status_code == 200, changed.text
-    response = await client.get(url, headers={"If-None-Match": old})
+    response = await client.get(url, headers={"If-None-Match": old, **owner.headers})
     assert response.status_code == 200
     assert response.json()[field] == "changed"
     assert response.headers["etag"] == changed.headers["etag"] != old
+
+
+async def test_a_post_s_etag_changes_when_its_author_is_renamed(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    """A post shows its author's name: a cached copy with the old name is not confirmed."""
+    url, author = await resource(client, accounts, "post")
+    old = await current_etag(client, url)
+    renamed = await client.patch(f"{API}/users/{author.id}", json={"name": "Renamed"}, headers=author.headers)
+    assert renamed.status_code == 200, renamed.text
+    response = await client.get(url, headers={"If-None-Match": old})
+    assert response.status_code == 200
+    assert response.json()["author"]["name"] == "Renamed"
+    assert response.headers["etag"] != old
+    # If-Match is compared with the same ETag: a change based on the old copy is refused.
+    stale = await client.patch(url, json={"title": "t2"}, headers={"If-Match": old, **author.headers})
+    assert_problem(stale, 412)
+    current = await client.patch(
+        url, json={"title": "t2"}, headers={"If-Match": response.headers["etag"], **author.headers}
+    )
+    assert current.status_code == 200, current.text
+
+
+async def test_a_user_s_etag_differs_with_the_email_shown_or_hidden(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    """An owner's copy shows the email: an anonymous copy's ETag never confirms it (and caches vary)."""
+    url, owner = await resource(client, accounts, "user")
+    anonymous = await client.get(url)
+    assert anonymous.json()["email"] is None
+    assert anonymous.headers["vary"] == "Authorization"
+    response = await client.get(url, headers={"If-None-Match": anonymous.headers["etag"], **owner.headers})
+    assert response.status_code == 200
+    assert response.json()["email"] == owner.email
+    assert response.headers["etag"] != anonymous.headers["etag"]
+    assert response.headers["vary"] == "Authorization"
+    confirmed = await client.get(url, headers={"If-None-Match": response.headers["etag"], **owner.headers})
+    assert confirmed.status_code == 304
+    assert confirmed.headers["vary"] == "Authorization"
+    # Only the copy with the email can be the base of a change.
+    stale = await client.patch(
+        url, json={"name": "n"}, headers={"If-Match": anonymous.headers["etag"], **owner.headers}
+    )
+    assert_problem(stale, 412)
 
 
 @pytest.mark.parametrize("kind", RESOURCES)

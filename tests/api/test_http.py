@@ -13,6 +13,7 @@ from fastapi.routing import iter_route_contexts
 
 from blogapi.config import Settings
 from blogapi.db import Database
+from blogapi.errors import ProblemType
 from blogapi.main import REQUEST_HEADERS, RESPONSE_HEADERS, create_app
 
 API = "/api/v1"
@@ -222,6 +223,7 @@ async def test_a_refused_preflight_is_a_400_problem(
 ) -> None:
     response = await cors_client.options(f"{API}/posts/1", headers=request_headers)
     problem = assert_problem(response, 400)
+    assert problem["type"] == ProblemType.CORS_REFUSED
     assert problem["detail"] == f"disallowed CORS {refused}"
     if refused == "origin":
         assert "access-control-allow-origin" not in response.headers

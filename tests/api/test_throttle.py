@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import PASSWORD, TEST_SECRET, Accounts
+from conftest import PASSWORD, TEST_SECRET, Accounts, database_env
 from pwdlib import PasswordHash
 from sqlalchemy import func, select, update
 
@@ -477,7 +477,7 @@ async def serving(database_url: str, directory: Path) -> AsyncIterator[str]:
     """uvicorn serving blogapi on `database_url` (already migrated) until the block ends; its URL."""
     port = free_port()
     log = directory / f"server-{port}.log"
-    env = os.environ | {"DATABASE_URL": database_url, "SECRET_KEY": TEST_SECRET, "ENVIRONMENT": "test"}
+    env = os.environ | database_env(database_url) | {"SECRET_KEY": TEST_SECRET, "ENVIRONMENT": "test"}
     argv = [sys.executable, "-m", "uvicorn", "blogapi.asgi:app", "--host", "127.0.0.1", "--port", str(port)]
     with log.open("wb") as output:
         process = await asyncio.to_thread(

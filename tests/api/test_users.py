@@ -508,7 +508,7 @@ async def test_list_users_returns_items_and_next_cursor(
 
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"items", "next_cursor"}
+    assert set(body) == {"items", "next_cursor", "search_capped"}
     assert [item["id"] for item in body["items"]] == [first.id, second.id]
     assert [item["name"] for item in body["items"]] == ["First", "Second"]
     assert body["next_cursor"] is None
@@ -518,7 +518,7 @@ async def test_list_users_of_an_empty_database_is_an_empty_page(client: httpx.As
     response = await client.get(USERS)
 
     assert response.status_code == 200, response.text
-    assert response.json() == {"items": [], "next_cursor": None}
+    assert response.json() == {"items": [], "next_cursor": None, "search_capped": False}
 
 
 async def test_list_users_walks_every_page_in_id_order_without_skips_or_repeats(

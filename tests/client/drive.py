@@ -16,13 +16,14 @@ import sys
 from blogapi_client import AuthenticatedClient, Client
 from blogapi_client.api.auth import issue_token
 from blogapi_client.api.posts import create_post, list_posts
-from blogapi_client.api.users import create_user
+from blogapi_client.api.users import create_user, list_users, read_user
 from blogapi_client.models import (
     LoginForm,
-    PagePostRead,
     PostCreate,
     PostRead,
     Problem,
+    SearchPagePostRead,
+    SearchPageUserRead,
     Token,
     UserCreate,
     UserRead,
@@ -51,12 +52,29 @@ def main(base_url: str) -> None:
 
     # An anonymous read, two pages of it: the second from the first's cursor.
     first = list_posts.sync(client=anonymous, author_id=user.id, limit=2)
-    assert isinstance(first, PagePostRead), first
+    assert isinstance(first, SearchPagePostRead), first
     assert first.next_cursor is not None
     second = list_posts.sync(client=anonymous, author_id=user.id, limit=2, cursor=first.next_cursor)
-    assert isinstance(second, PagePostRead), second
+    assert isinstance(second, SearchPagePostRead), second
     assert second.next_cursor is None
     assert [post.title for post in first.items + second.items] == ["Post 2", "Post 1", "Post 0"]
+
+    # The token is optional on user reads: anonymous callers get no email, the owner sees theirs.
+    seen = read_user.sync(user.id, client=anonymous)
+    assert isinstance(seen, UserRead), seen
+    assert seen.email is None
+    own = read_user.sync(user.id, client=author)
+    assert isinstance(own, UserRead), own
+    assert own.email == EMAIL
+    users = list_users.sync(client=anonymous, q="Ada")
+    assert isinstance(users, SearchPageUserRead), users
+    assert [(listed.id, listed.email) for listed in users.items] == [(user.id, None)]
+
+    # A search: the page says whether its walk was capped (here it was looked up whole).
+    found = list_posts.sync(client=anonymous, q="POST 1")
+    assert isinstance(found, SearchPagePostRead), found
+    assert [post.title for post in found.items] == ["Post 1"]
+    assert found.search_capped is False
 
     taken = create_user.sync(client=anonymous, body=UserCreate(name="Twin", email=EMAIL, password=PASSWORD))
     assert isinstance(taken, Problem), taken
@@ -71,7 +89,7 @@ def main(base_url: str) -> None:
     assert [(error.loc, error.msg.startswith("not a valid email address")) for error in invalid.errors] == [
         (["body", "email"], True)
     ]
-    print("driven: sign-up, login, create, list with cursor, 409, 422")
+    print("driven: sign-up, login, create, list with cursor, anonymous and own user reads, 409, 422")
 
 
 if __name__ == "__main__":

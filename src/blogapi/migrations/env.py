@@ -8,6 +8,7 @@ from alembic import context
 from sqlalchemy import Connection, event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from blogapi import search
 from blogapi.config import get_settings
 from blogapi.db import create_engine
 from blogapi.models import Base
@@ -16,10 +17,19 @@ config = context.config
 target_metadata = Base.metadata
 
 
+def include_object(
+    _object: object, name: str | None, _type: str, _reflected: bool, _compare_to: object
+) -> bool:
+    # Each backend's text search structures (search.py) exist on that backend only, and
+    # are the migrations' alone: autogenerate does not compare them with the models.
+    return not search.is_search_object(name)
+
+
 def run_migrations(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
+        include_object=include_object,
         # SQLite cannot ALTER most things: batch mode copies the table instead.
         render_as_batch=connection.dialect.name == "sqlite",
         compare_server_default=True,

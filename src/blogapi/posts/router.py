@@ -9,7 +9,7 @@ from blogapi.auth.dependencies import Caller, CurrentUser, current_user
 from blogapi.config import SettingsDep
 from blogapi.db import MAX_ID, DatabaseDep, SessionDep
 from blogapi.errors import ProblemType, error_responses
-from blogapi.pagination import Page, PageDep
+from blogapi.pagination import Page, PageDep, SearchPage
 from blogapi.posts import service
 from blogapi.posts.models import TITLE_MAX
 from blogapi.posts.schemas import PostCreate, PostRead, PostUpdate, TagName, TagRead
@@ -18,7 +18,6 @@ from blogapi.preconditions import (
     NOT_MODIFIED,
     IfMatchHeader,
     IfNoneMatchHeader,
-    etag,
     not_modified,
     not_modified_response,
 )
@@ -65,24 +64,41 @@ async def create_post(
             return claim.replay
         view = await service.create_post(connection, me, data)
         return await idempotency.complete(
-            connection, claim, view.post, f"/api/v1/posts/{view.post.id}", etag(view.version)
+            connection, claim, view.post, f"/api/v1/posts/{view.post.id}", view.etag
         )
 
 
 @router.get("/posts", responses=error_responses(422, ProblemType.INVALID_CURSOR))
 async def list_posts(
     database: DatabaseDep,
+    settings: SettingsDep,
     page: PageDep,
     author_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     tag: Annotated[TagName | None, Query()] = None,
     q: Annotated[
         str | None,
-        Query(max_length=TITLE_MAX, pattern=SINGLE_LINE, description="Case-insensitive title filter."),
+        Query(
+            max_length=TITLE_MAX,
+            pattern=SINGLE_LINE,
+            description=(
+                "Posts whose title contains this text: case-insensitive in any script,"
+                " accent-sensitive. A term with more matches than the server's cap, or"
+                " without three letters or digits in a row, is searched in bounded walks"
+                " (see `search_capped`)."
+            ),
+        ),
         SingleLineInWords,
     ] = None,
-) -> Page[PostRead]:
+) -> SearchPage[PostRead]:
     async with database.read_engine.connect() as connection:
-        return await service.list_posts(connection, page, author_id=author_id, tag=tag, title_contains=q)
+        return await service.list_posts(
+            connection,
+            page,
+            author_id=author_id,
+            tag=tag,
+            title_contains=q,
+            max_matches=settings.search_max_matches,
+        )
 
 
 @router.get(
@@ -95,9 +111,9 @@ async def read_post(
 ) -> PostRead | Response:
     async with database.read_engine.connect() as connection:
         view = await service.read_post(connection, post_id)
-    if not_modified(if_none_match, view.version):
-        return not_modified_response(view.version)
-    response.headers["ETag"] = etag(view.version)
+    if not_modified(if_none_match, view.etag):
+        return not_modified_response(view.etag)
+    response.headers["ETag"] = view.etag
     return view.post
 
 
@@ -115,7 +131,7 @@ async def update_post(
 ) -> PostRead:
     """Change a post (its author, or an admin)."""
     post = await service.update_post(session, post_id, data, me, if_match)
-    response.headers["ETag"] = etag(post.version)
+    response.headers["ETag"] = service.post_etag(post)
     return service.to_read(post)
 
 

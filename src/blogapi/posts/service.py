@@ -7,28 +7,28 @@ from datetime import datetime
 from functools import cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import Executable, Integer, Row, bindparam, func, insert, select
+from sqlalchemy import Executable, Integer, Row, String, bindparam, func, insert, select
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import joinedload, selectinload
 from sqlalchemy.orm.attributes import set_committed_value
 
+from blogapi import search
 from blogapi.db import (
-    LIKE_ESCAPE,
     AnySelect,
     UTCDateTime,
-    escape_like,
     fold_for_search,
+    row_at_or_after,
     row_before,
     utcnow,
     violates,
 )
 from blogapi.errors import Forbidden, NotFound, Unauthorized
-from blogapi.pagination import Page, PageParams
+from blogapi.pagination import Page, PageParams, SearchPage
 from blogapi.posts.models import Post, Tag, post_tag
 from blogapi.posts.schemas import PostCreate, PostRead, PostUpdate, TagRead
-from blogapi.preconditions import require_match
+from blogapi.preconditions import etag, require_match
 from blogapi.users import service as users_service
 from blogapi.users.models import User
 from blogapi.users.schemas import Author
@@ -36,7 +36,7 @@ from blogapi.users.service import CALLER_GONE, Account
 
 # Writes load entities: the author joined, the tags in one more SELECT ... IN.
 _POST_LOADS = (
-    joinedload(Post.author).load_only(User.id, User.name),
+    joinedload(Post.author).load_only(User.id, User.name, User.version),
     selectinload(Post.tags),
 )
 
@@ -64,7 +64,10 @@ _POST_VIEW = select(
     User.name.label("author_name"),
     _TAG_NAMES.label("tag_names"),
 ).join(User, User.id == Post.author_id)
-_POST_BY_ID = _POST_VIEW.where(Post.id == bindparam("post_id"))
+# A single post also reads its author's version: its ETag names both (a rename changes it).
+_POST_BY_ID = _POST_VIEW.add_columns(User.version.label("author_version")).where(
+    Post.id == bindparam("post_id")
+)
 
 # `?tag=` reads one tag's links, newest first, as a range of ix_post_tag_tag_id_created_at_post_id
 # (a link carries its post's created_at): the tag's id is looked up once, by name (an unknown
@@ -83,7 +86,12 @@ _TAGGED_POST_VIEW = (
 
 class PostView(NamedTuple):
     post: PostRead
-    version: int
+    etag: str
+
+
+def post_etag(post: Post) -> str:
+    """The ETag of a loaded post (its author loaded too): the post's version and its author's."""
+    return etag(post.version, post.author.version)
 
 
 def _view(row: Row[Any]) -> PostRead:
@@ -182,6 +190,7 @@ async def create_post(connection: AsyncConnection, author: Account, data: PostCr
         if violates(exc, "fk_post_author_id_user"):
             raise Unauthorized(CALLER_GONE) from exc
         raise
+    await search.index_titles(connection, [(post_id, fold_for_search(data.title))])
     if data.tags:  # distinct and sorted by the schema
         await _count_links(connection, dict.fromkeys(data.tags, 1))
         names = {f"name_{number}": name for number, name in enumerate(data.tags)}
@@ -195,14 +204,14 @@ async def create_post(connection: AsyncConnection, author: Account, data: PostCr
         created_at=now,
         updated_at=now,
     )
-    return PostView(post, version)
+    return PostView(post, etag(version, author.version))
 
 
 async def read_post(connection: AsyncConnection, post_id: int) -> PostView:
     row = (await connection.execute(_POST_BY_ID, {"post_id": post_id})).one_or_none()
     if row is None:
         raise NotFound(f"post {post_id} not found")
-    return PostView(_view(row), row.version)
+    return PostView(_view(row), etag(row.version, row.author_version))
 
 
 async def get_post(session: AsyncSession, post_id: int) -> Post:
@@ -220,7 +229,7 @@ async def _owned_post(session: AsyncSession, post_id: int, actor: Account, if_ma
     post = await get_post(session, post_id)
     if not (actor.is_admin or post.author_id == actor.id):
         raise Forbidden("only the author or an admin may change this post")
-    require_match(if_match, post.version)
+    require_match(if_match, post_etag(post))
     return post
 
 
@@ -238,6 +247,8 @@ async def update_post(
     # Also when only the tags (another table) changed: the post's version must move on.
     post.updated_at = utcnow()
     await session.flush()
+    if "title" in changes:
+        await search.index_titles(await session.connection(), [(post.id, post.title_folded)], replace=True)
     return post
 
 
@@ -299,28 +310,71 @@ async def release_author_tags(session: AsyncSession, author_id: int) -> None:
 
 
 @cache
-def _posts_query(*, by_author: bool, by_tag: bool, by_title: bool, after: bool) -> AnySelect:
-    """The page statement for one combination of filters (16 at most); values are bound."""
+def _posts_query(
+    *, by_author: bool, by_tag: bool, by_title: bool, after: bool, floor: bool = False
+) -> AnySelect:
+    """The page statement for one combination of filters; values are bound.
+
+    `by_title` filters a walk of the list's page-order index by the title (search.py),
+    down to `floor` (the last row the walk may read) when set.
+    """
     query = _TAGGED_POST_VIEW if by_tag else _POST_VIEW
     # A tag's posts are in its links' order: the same (created_at, id), from the index.
-    created_at_column, id_column = (
-        (post_tag.c.created_at, post_tag.c.post_id) if by_tag else (Post.created_at, Post.id)
-    )
+    created_at_column, id_column = _order_columns(by_tag=by_tag)
     if by_author:
         query = query.where(Post.author_id == bindparam("author_id"))
     if by_title:
-        query = query.where(Post.title_folded.contains(bindparam("title"), escape=LIKE_ESCAPE))
+        query = query.where(search.walk_filter(Post.title_folded, bindparam("title", type_=String)))
     if after:  # newest first: the page continues with older posts, ties broken by id
         created_at = bindparam("after_created_at", type_=UTCDateTime)
         post_id = bindparam("after_id", type_=Integer)
         query = query.where(row_before(created_at_column, id_column, (created_at, post_id)))
-    if not (by_tag or by_title):
-        index = "ix_post_author_id_created_at_id" if by_author else "ix_post_created_at_id"
-        for dialect in ("mysql", "mariadb"):
-            query = query.prefix_with("STRAIGHT_JOIN", dialect=dialect).with_hint(
-                Post, f"FORCE INDEX ({index})", dialect_name=dialect
-            )
+    if floor:
+        created_at = bindparam("floor_created_at", type_=UTCDateTime)
+        post_id = bindparam("floor_id", type_=Integer)
+        query = query.where(row_at_or_after(created_at_column, id_column, (created_at, post_id)))
+    if not by_tag:
+        query = _hinted(query, by_author=by_author)
     return query.order_by(created_at_column.desc(), id_column.desc()).limit(bindparam("limit"))
+
+
+# The posts the text index found, when they are few (search.py): the page's ids are picked
+# in Python, and the posts read by primary key (a tag's links by theirs, to keep the tagged).
+_POSTS_AMONG = _POST_VIEW.where(Post.id.in_(bindparam("ids", expanding=True)))
+_TAGGED_AMONG = select(post_tag.c.post_id).where(
+    post_tag.c.tag_id == _TAG_ID, post_tag.c.post_id.in_(bindparam("ids", expanding=True))
+)
+
+
+def _order_columns(*, by_tag: bool) -> tuple[Any, Any]:
+    return (post_tag.c.created_at, post_tag.c.post_id) if by_tag else (Post.created_at, Post.id)
+
+
+def _hinted(query: AnySelect, *, by_author: bool) -> AnySelect:
+    """MariaDB is told the join order and the index of the page's order."""
+    index = "ix_post_author_id_created_at_id" if by_author else "ix_post_created_at_id"
+    for dialect in ("mysql", "mariadb"):
+        query = query.prefix_with("STRAIGHT_JOIN", dialect=dialect).with_hint(
+            Post, f"FORCE INDEX ({index})", dialect_name=dialect
+        )
+    return query
+
+
+@cache
+def _walk_floor(*, by_author: bool, by_tag: bool, after: bool) -> AnySelect:
+    """The position of the last post a search's walk may read: the `offset`-th of the list
+    from the page's position (and the next one's, which says the list goes on), read from
+    the list's page-order index alone."""
+    created_at_column, id_column = _order_columns(by_tag=by_tag)
+    query = select(created_at_column.label("created_at"), id_column.label("id"))
+    query = query.where(post_tag.c.tag_id == _TAG_ID) if by_tag else _hinted(query, by_author=by_author)
+    if by_author and not by_tag:  # with a tag, the walk is of the tag's links, whoever wrote them
+        query = query.where(Post.author_id == bindparam("author_id"))
+    if after:
+        created_at = bindparam("after_created_at", type_=UTCDateTime)
+        post_id = bindparam("after_id", type_=Integer)
+        query = query.where(row_before(created_at_column, id_column, (created_at, post_id)))
+    return query.order_by(created_at_column.desc(), id_column.desc()).limit(2).offset(bindparam("offset"))
 
 
 async def list_posts(
@@ -330,25 +384,68 @@ async def list_posts(
     author_id: int | None = None,
     tag: str | None = None,
     title_contains: str | None = None,
-) -> Page[PostRead]:
+    max_matches: int = 1000,
+) -> SearchPage[PostRead]:
     position = params.position("posts", datetime.fromisoformat, int)
-    query = _posts_query(
-        by_author=author_id is not None,
-        by_tag=tag is not None,
-        by_title=bool(title_contains),
-        after=position is not None,
-    )
     values: dict[str, Any] = {"limit": params.limit + 1}
     if author_id is not None:
         values["author_id"] = author_id
     if tag is not None:
         values["tag"] = tag.lower()
-    if title_contains:
-        values["title"] = escape_like(fold_for_search(title_contains))
     if position is not None:
         values["after_created_at"], values["after_id"] = position
-    rows = list(await connection.execute(query, values))
-    return params.page("posts", rows, key=lambda row: [row.created_at.isoformat(), row.id], build=_view)
+    filters = {"by_author": author_id is not None, "by_tag": tag is not None, "after": position is not None}
+    walked_to: list[Any] | None = None
+    if not title_contains:
+        rows = list(await connection.execute(_posts_query(by_title=False, **filters), values))
+    else:
+        folded = fold_for_search(title_contains)
+        found = (
+            await search.post_matches(connection, folded, max_matches + 1)
+            if search.indexable(folded)
+            else None
+        )
+        if found is not None and len(found) <= max_matches:
+            rows = await _posts_among(connection, params, found, position, author_id=author_id, tag=tag)
+        else:
+            values["title"] = folded
+            values["offset"] = max_matches - 1
+            ends = list(await connection.execute(_walk_floor(**filters), values))
+            floor = ends[0] if len(ends) > 1 else None  # else the walk reaches the list's end
+            if floor is not None:
+                values["floor_created_at"], values["floor_id"] = floor
+                walked_to = [floor.created_at.isoformat(), floor.id]
+            query = _posts_query(by_title=True, floor=floor is not None, **filters)
+            rows = list(await connection.execute(query, values))
+    return params.search_page(
+        "posts", rows, key=lambda row: [row.created_at.isoformat(), row.id], build=_view, walked_to=walked_to
+    )
+
+
+async def _posts_among(
+    connection: AsyncConnection,
+    params: PageParams,
+    found: list[tuple[datetime, int, int]],
+    position: list[Any] | None,
+    *,
+    author_id: int | None,
+    tag: str | None,
+) -> list[Row[Any]]:
+    """The page's rows (and the one after it) among the posts the text index `found`."""
+    ids = [
+        post_id
+        for created_at, post_id, author in sorted(found, reverse=True)
+        if (author_id is None or author == author_id)
+        and (position is None or (created_at, post_id) < (position[0], position[1]))
+    ]
+    if tag is not None and ids:
+        tagged = set(await connection.scalars(_TAGGED_AMONG, {"tag": tag.lower(), "ids": ids}))
+        ids = [post_id for post_id in ids if post_id in tagged]
+    ids = ids[: params.limit + 1]
+    if not ids:
+        return []
+    rows = list(await connection.execute(_POSTS_AMONG, {"ids": ids}))
+    return sorted(rows, key=lambda row: (row.created_at, row.id), reverse=True)
 
 
 async def list_user_posts(connection: AsyncConnection, user_id: int, params: PageParams) -> Page[PostRead]:

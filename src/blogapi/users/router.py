@@ -17,7 +17,7 @@ from blogapi.auth.dependencies import (
 from blogapi.config import SettingsDep
 from blogapi.db import MAX_ID, DatabaseDep, SessionDep
 from blogapi.errors import ProblemType, error_responses
-from blogapi.pagination import Page, PageDep
+from blogapi.pagination import Page, PageDep, SearchPage
 from blogapi.posts import service as posts_service
 from blogapi.posts.schemas import PostRead
 from blogapi.preconditions import (
@@ -55,9 +55,20 @@ register_url_convertor("user_id", _UserIdConvertor())
 router = APIRouter(prefix="/users", tags=["users"])
 
 UserId = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+# What a user read shows depends on who asks (the email): caches keep one copy per caller.
+VARY = "Authorization"
 NameQuery = Annotated[
     str | None,
-    Query(max_length=NAME_MAX, pattern=SINGLE_LINE, description="Case-insensitive name filter."),
+    Query(
+        max_length=NAME_MAX,
+        pattern=SINGLE_LINE,
+        description=(
+            "Users whose name contains this text: case-insensitive in any script, accent-sensitive."
+            " A term with more matches than the server's cap, or without three letters or digits"
+            " in a row, is searched in bounded walks (see `search_capped`)."
+        ),
+    ),
     SingleLineInWords,
 ]
 
@@ -117,15 +128,22 @@ async def create_user(
 @router.get("/me", responses={200: {"headers": ETAG_HEADER}, **error_responses(401)})
 async def read_me(me: Viewer, response: Response) -> UserRead:
     response.headers["ETag"] = etag(me.version)
+    response.headers["Vary"] = VARY
     return service.to_read(me, viewer=me)
 
 
 @router.get("", responses=error_responses(401, 422, ProblemType.INVALID_CURSOR))
 async def list_users(
-    database: DatabaseDep, viewer: OptionalViewer, page: PageDep, q: NameQuery = None
-) -> Page[UserRead]:
+    database: DatabaseDep,
+    settings: SettingsDep,
+    viewer: OptionalViewer,
+    page: PageDep,
+    response: Response,
+    q: NameQuery = None,
+) -> SearchPage[UserRead]:
+    response.headers["Vary"] = VARY
     async with database.read_engine.connect() as connection:
-        return await service.list_users(connection, page, viewer, q)
+        return await service.list_users(connection, page, viewer, q, max_matches=settings.search_max_matches)
 
 
 @router.get(
@@ -142,9 +160,11 @@ async def read_user(
 ) -> UserRead | Response:
     async with database.read_engine.connect() as connection:
         user = await service.read_user(connection, user_id)
-    if not_modified(if_none_match, user.version):
-        return not_modified_response(user.version)
-    response.headers["ETag"] = etag(user.version)
+    tag = service.user_etag(user, viewer)
+    if not_modified(if_none_match, tag):
+        return not_modified_response(tag, {"Vary": VARY})
+    response.headers["ETag"] = tag
+    response.headers["Vary"] = VARY
     return service.to_read(user, viewer)
 
 

@@ -7,10 +7,11 @@ from datetime import timedelta
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, select
+from sqlalchemy import Integer, String, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from blogapi import search
 from blogapi.auth import service as auth_service
 from blogapi.auth import throttle
 from blogapi.auth.security import TokenSubject, hash_password
@@ -18,18 +19,16 @@ from blogapi.auth.sessions import service as sessions_service
 from blogapi.auth.sessions.models import LoginSession
 from blogapi.config import Settings
 from blogapi.db import (
-    LIKE_ESCAPE,
     AnyRow,
     AnySelect,
     Database,
-    escape_like,
     fold_for_search,
     utcnow,
     violates,
 )
 from blogapi.errors import EmailTaken, Forbidden, NotFound, ReauthenticationRequired, Unauthorized
-from blogapi.pagination import Page, PageParams
-from blogapi.preconditions import require_match
+from blogapi.pagination import PageParams, SearchPage
+from blogapi.preconditions import etag, require_match
 from blogapi.users.models import User
 from blogapi.users.schemas import UserCreate, UserRead, UserUpdate, normalize_email
 
@@ -68,6 +67,14 @@ _CALLER = (
 
 def can_manage(actor: Account | None, user: Account) -> bool:
     return actor is not None and (actor.is_admin or actor.id == user.id)
+
+
+def user_etag(user: Account, viewer: Account | None) -> str:
+    """The ETag of `user` as `viewer` sees them: with the email (`"7"`) or without (`"7.public"`).
+
+    If-Match compares with the first: only those who see the email may change the user.
+    """
+    return etag(user.version) if can_manage(viewer, user) else etag(user.version, "public")
 
 
 def to_read(user: Account, viewer: Account | None) -> UserRead:
@@ -122,6 +129,7 @@ async def insert_user(
     user = User(name=data.name, email=data.email, password_hash=password_hash, is_admin=is_admin)
     session.add(user)
     await _flush_unique_email(session)
+    await search.index_names(await session.connection(), [(user.id, user.name_folded)])
     return user
 
 
@@ -162,27 +170,81 @@ async def get_user(session: AsyncSession, user_id: int, *, for_update: bool = Fa
 
 
 @cache
-def _users_query(*, by_name: bool, after: bool) -> AnySelect:
+def _users_query(*, by_name: bool, after: bool, floor: bool = False) -> AnySelect:
+    """The page statement: `by_name` filters a walk of the id order (search.py), down to
+    `floor`, the last id the walk may read, when set."""
     query = _USER_COLUMNS
     if by_name:
-        query = query.where(User.name_folded.contains(bindparam("name"), escape=LIKE_ESCAPE))
+        query = query.where(search.walk_filter(User.name_folded, bindparam("name", type_=String)))
     if after:
         query = query.where(User.id > bindparam("after_id", type_=Integer))
+    if floor:
+        query = query.where(User.id <= bindparam("floor_id", type_=Integer))
     return query.order_by(User.id).limit(bindparam("limit"))
 
 
+# The users the text index found, when they are few: a page of them, by primary key.
+_USERS_AMONG = _USER_COLUMNS.where(User.id.in_(bindparam("ids", expanding=True)))
+
+
+@cache
+def _walk_floor(*, after: bool) -> AnySelect:
+    """The last id a search's walk may read, the `offset`-th from the page's position (and
+    the next, which says the list goes on)."""
+    query = select(User.id)
+    if after:
+        query = query.where(User.id > bindparam("after_id", type_=Integer))
+    return query.order_by(User.id).limit(2).offset(bindparam("offset"))
+
+
 async def list_users(
-    connection: AsyncConnection, params: PageParams, viewer: Account | None, name_contains: str | None
-) -> Page[UserRead]:
+    connection: AsyncConnection,
+    params: PageParams,
+    viewer: Account | None,
+    name_contains: str | None,
+    *,
+    max_matches: int = 1000,
+) -> SearchPage[UserRead]:
     position = params.position("users", int)
     values: dict[str, Any] = {"limit": params.limit + 1}
-    if name_contains:
-        values["name"] = escape_like(fold_for_search(name_contains))
     if position is not None:
         (values["after_id"],) = position
-    query = _users_query(by_name=bool(name_contains), after=position is not None)
+    after = position is not None
+    walked_to: list[Any] | None = None
+    if not name_contains:
+        query = _users_query(by_name=False, after=after)
+    else:
+        folded = fold_for_search(name_contains)
+        found = (
+            await search.user_matches(connection, folded, max_matches + 1)
+            if search.indexable(folded)
+            else None
+        )
+        if found is not None and len(found) <= max_matches:
+            ids = sorted(user_id for user_id in found if position is None or user_id > position[0])
+            rows = (
+                list(await connection.execute(_USERS_AMONG, {"ids": ids[: params.limit + 1]})) if ids else []
+            )
+            rows.sort(key=lambda user: user.id)
+            return params.search_page(
+                "users", rows, key=lambda user: [user.id], build=lambda user: to_read(user, viewer)
+            )
+        values["name"] = folded
+        values["offset"] = max_matches - 1
+        ends = list(await connection.scalars(_walk_floor(after=after), values))
+        floor = ends[0] if len(ends) > 1 else None  # else the walk reaches the list's end
+        if floor is not None:
+            values["floor_id"] = floor
+            walked_to = [floor]
+        query = _users_query(by_name=True, after=after, floor=floor is not None)
     rows = list(await connection.execute(query, values))
-    return params.page("users", rows, key=lambda user: [user.id], build=lambda user: to_read(user, viewer))
+    return params.search_page(
+        "users",
+        rows,
+        key=lambda user: [user.id],
+        build=lambda user: to_read(user, viewer),
+        walked_to=walked_to,
+    )
 
 
 RECENT_LOGIN_REQUIRED = (
@@ -241,7 +303,7 @@ async def update_user(
     user = await get_user(session, user_id, for_update=True)
     if not can_manage(actor, user):
         raise Forbidden("only the user themself or an admin may change this user")
-    require_match(if_match, user.version)
+    require_match(if_match, etag(user.version))
     changes = data.model_dump(exclude_unset=True, exclude={"current_password"})
     if "is_admin" in changes and changes["is_admin"] != user.is_admin and not actor.is_admin:
         raise Forbidden("only an admin may change is_admin")
@@ -260,6 +322,8 @@ async def update_user(
     for field, value in changes.items():
         setattr(user, field, value)
     await _flush_unique_email(session)
+    if "name" in changes:
+        await search.index_names(await session.connection(), [(user.id, user.name_folded)], replace=True)
     return user
 
 
@@ -317,7 +381,7 @@ async def delete_user(
     user = await get_user(session, user_id, for_update=True)
     if not can_manage(actor, user):
         raise Forbidden("only the user themself or an admin may delete this user")
-    require_match(if_match, user.version)
+    require_match(if_match, etag(user.version))
     await release_posts(session, user.id)
     # The database cascades to the user's posts (passive_deletes): no rows are loaded.
     await session.delete(user)

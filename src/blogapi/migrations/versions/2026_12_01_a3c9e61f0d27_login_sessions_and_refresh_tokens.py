@@ -8,7 +8,7 @@ carry no `sid` and are refused (401): everyone logs in again once. `user.is_acti
 account) lets an admin disable an account.
 
 Revision ID: a3c9e61f0d27
-Revises: b7e4d2a91c3f
+Revises: 3f9a1c7d2e64
 Create Date: 2026-12-01 01:50:00
 """
 
@@ -20,7 +20,7 @@ from alembic import op
 from sqlalchemy.dialects import mysql
 
 revision: str = "a3c9e61f0d27"
-down_revision: str | None = "b7e4d2a91c3f"
+down_revision: str | None = "3f9a1c7d2e64"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -72,10 +72,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # SQLite copies the table to drop a column (foreign keys off meanwhile, see env.py);
-    # the copy must keep AUTOINCREMENT, or deleted ids would be handed out again.
-    with op.batch_alter_table("user", table_kwargs={"sqlite_autoincrement": True}) as batch_op:
-        batch_op.drop_column("is_active")
+    if op.get_bind().dialect.name == "sqlite":
+        # SQLite's own DROP COLUMN (3.35+), not a batch copy of the table: the copy would
+        # lose the triggers that keep the user search index (3f9a1c7d2e64).
+        op.execute('ALTER TABLE "user" DROP COLUMN is_active')
+    else:
+        op.drop_column("user", "is_active")
     # Their indexes go with them (MariaDB refuses to drop one a foreign key needs on its own).
     op.drop_table("refresh_token")
     op.drop_table("session")
