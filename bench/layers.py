@@ -62,7 +62,8 @@ sys.path.insert(0, str(Path(__file__).parent / "baselines"))
 from raw import SQL_INSERT_POST, SQL_INSERT_TAGS, SQL_POST, SQL_USER, _keep_session
 
 from blogapi.auth.dependencies import current_user
-from blogapi.auth.security import TokenSubject, create_access_token, read_access_token
+from blogapi.auth.security import create_access_token, read_access_token
+from blogapi.auth.sessions import service as sessions_service
 from blogapi.config import Settings
 from blogapi.db import Database, create_engine
 from blogapi.main import create_app
@@ -75,7 +76,7 @@ from blogapi.users.schemas import Author, UserRead
 CONCURRENCY = 16
 POSTS = 100_000  # ids are drawn from the seeded ranges
 USERS = 10_000
-AUTHOR = 1  # the POST lines write as user 1 (seeded: token_version 1)
+AUTHOR = 1  # the POST lines write as user 1, in a session the benchmark starts
 TITLE = "A post written by bench/layers.py"
 TEXT = "About as long as a short seeded paragraph, so that the row and the JSON have a realistic size."
 TAGS = ["python", "sql"]
@@ -216,7 +217,10 @@ async def measure(url: str, requests: int) -> dict[str, Table]:
     settings = Settings(database_url=url, pool_size=CONCURRENCY, secret_key="layers" * 8)
     secret = settings.secret_key.get_secret_value()
     database = Database.from_engine(create_engine(settings))
-    token = create_access_token(TokenSubject(AUTHOR, 1), secret=secret, lifetime=timedelta(hours=1))
+    async with database.engine.begin() as connection:
+        issued = await sessions_service.start(connection, AUTHOR, "127.0.0.1", "bench/layers.py", settings)
+    author_subject = issued.subject
+    token = create_access_token(author_subject, secret=secret, lifetime=timedelta(hours=1))
     bearer = ((b"authorization", f"Bearer {token}".encode()),)
     post_body = json.dumps({"title": TITLE, "body": TEXT, "tags": TAGS}).encode()
     tables: dict[str, Table] = {
@@ -292,7 +296,7 @@ async def measure(url: str, requests: int) -> dict[str, Table]:
 
         async def post_core(_number: int) -> None:
             async with database.engine.begin() as connection:
-                author = await current_user(connection, TokenSubject(AUTHOR, 1))
+                author = await current_user(connection, author_subject)
                 await posts_service.create_post(connection, author, data)
 
         create.append(("SQLAlchemy Core: blogapi's transaction", await per_request_cpu(post_core, requests)))

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from alembic import command
 from asgi_lifespan import LifespanManager
@@ -297,6 +298,12 @@ class Account:
     name: str
     token: str
     headers: dict[str, str] = field(default_factory=dict)
+    refresh_token: str = ""
+
+    @property
+    def session_id(self) -> int:
+        """The login session of `token` (its `sid` claim)."""
+        return int(jwt.decode(self.token, options={"verify_signature": False})["sid"])
 
 
 class Accounts:
@@ -309,12 +316,18 @@ class Accounts:
         self.count = 0
 
     async def login(self, email: str, password: str = PASSWORD) -> str:
+        """A new session's access token."""
+        token: str = (await self.login_tokens(email, password))["access_token"]
+        return token
+
+    async def login_tokens(self, email: str, password: str = PASSWORD) -> dict[str, Any]:
+        """A new session's token response: access and refresh token."""
         response = await self.client.post(
             "/api/v1/auth/token", data={"username": email, "password": password}
         )
         assert response.status_code == 200, response.text
-        token: str = response.json()["access_token"]
-        return token
+        tokens: dict[str, Any] = response.json()
+        return tokens
 
     async def create(self, name: str | None = None, *, admin: bool = False) -> Account:
         self.count += 1
@@ -335,8 +348,11 @@ class Accounts:
             )
             assert response.status_code == 201, response.text
             user_id = response.json()["id"]
-        token = await self.login(email)
-        return Account(user_id, email, name, token, {"Authorization": f"Bearer {token}"})
+        tokens = await self.login_tokens(email)
+        token = tokens["access_token"]
+        return Account(
+            user_id, email, name, token, {"Authorization": f"Bearer {token}"}, tokens["refresh_token"]
+        )
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO
 
 import httpx
+import jwt
 import pytest
 from alembic.script import ScriptDirectory
 from conftest import PASSWORD, Accounts, database_env, upgrade
@@ -529,6 +530,59 @@ async def test_unlock_lets_a_throttled_account_log_in_again(
     assert (await client.post(TOKEN_URL, data=login)).status_code == 200
     again = await blogapi(database_url, "user", "unlock", ann.email)
     assert "nothing to unlock" in again.stdout
+
+
+async def test_user_sessions_lists_the_open_sessions_and_logout_all_ends_them(
+    client: httpx.AsyncClient, accounts: Accounts, database_url: str
+) -> None:
+    ann = await accounts.create()
+    phone = await client.post(
+        TOKEN_URL,
+        data={"username": ann.email, "password": PASSWORD},
+        headers={"User-Agent": "Phone\x1b[31m/2"},
+    )
+    phone_session = jwt.decode(phone.json()["access_token"], options={"verify_signature": False})["sid"]
+    bob = await accounts.create()
+
+    listed = await blogapi(database_url, "user", "sessions", ann.email.upper())
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"{phone_session}\t")
+    assert lines[0].endswith("\tPhone[31m/2")  # no escape sequence reaches the terminal
+    assert lines[1].startswith(f"{ann.session_id}\t")
+    assert "127.0.0.1" in lines[1]
+
+    ended = await blogapi(database_url, "user", "logout-all", ann.email)
+    assert ended.returncode == 0, ended.stderr
+    assert ended.stdout.strip() == "ended 2 sessions"
+    assert (await client.get("/api/v1/users/me", headers=ann.headers)).status_code == 401
+    assert (await client.get("/api/v1/users/me", headers=bob.headers)).status_code == 200
+    assert (await blogapi(database_url, "user", "sessions", ann.email)).stdout.strip() == "no open sessions"
+
+
+async def test_user_disable_ends_the_sessions_and_refuses_logins_until_enable(
+    client: httpx.AsyncClient, accounts: Accounts, database_url: str
+) -> None:
+    ann = await accounts.create()
+    login = {"username": ann.email, "password": PASSWORD}
+
+    disabled = await blogapi(database_url, "user", "disable", ann.email)
+
+    assert disabled.returncode == 0, disabled.stderr
+    assert disabled.stdout.strip() == f"{ann.email} is disabled: its sessions have ended"
+    assert (await client.get("/api/v1/users/me", headers=ann.headers)).status_code == 401
+    assert (await client.post(TOKEN_URL, data=login)).status_code == 401
+    enabled = await blogapi(database_url, "user", "enable", ann.email)
+    assert enabled.returncode == 0, enabled.stderr
+    assert (await client.post(TOKEN_URL, data=login)).status_code == 200
+
+
+async def test_user_sessions_of_an_unknown_email_is_one_line_and_status_1(database_url: str) -> None:
+    for command in ("sessions", "logout-all", "disable", "enable"):
+        result = await blogapi(database_url, "user", command, "nobody@example.com")
+        assert result.returncode == 1
+        assert result.stderr.strip() == "error: no user has the email nobody@example.com"
 
 
 # `blogapi serve`, as a real server on a free port.

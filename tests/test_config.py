@@ -74,7 +74,8 @@ async def test_a_token_signed_with_any_key_but_the_installs_is_401(
             )
             token = login.json()["access_token"]
             now = datetime.now(UTC)
-            claims = {"sub": str(user_id), "ver": 1, "iat": now, "exp": now + timedelta(hours=1)}
+            session_id = jwt.decode(token, options={"verify_signature": False})["sid"]
+            claims = {"sub": str(user_id), "sid": session_id, "iat": now, "exp": now + timedelta(hours=1)}
             forged = {
                 key: jwt.encode(claims, key, algorithm="HS256")
                 for key in (FORMER_DEFAULT_KEY, TEST_SECRET, "another key that is long enough 0123456789")

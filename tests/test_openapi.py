@@ -53,6 +53,10 @@ def test_operation_ids_are_the_endpoint_names(document: dict[str, Any]) -> None:
         "delete_post",
         "list_tags",
         "issue_token",
+        "refresh_token",
+        "log_out",
+        "list_my_sessions",
+        "end_my_session",
         "live",
         "ready",
     }
@@ -77,7 +81,7 @@ def test_every_request_body_has_an_example(document: dict[str, Any]) -> None:
             bodies += 1
             examples = _schema(document, media_type["schema"]).get("examples")
             assert examples, name
-    assert bodies == 5  # sign-up, login, create and update a user and a post
+    assert bodies == 6  # sign-up, login, refresh, create and update a user and a post
 
 
 def test_every_error_status_has_examples_of_its_kinds(document: dict[str, Any]) -> None:
@@ -105,7 +109,7 @@ def test_specific_kinds_are_documented_where_they_happen(document: dict[str, Any
     assert ProblemType.IDEMPOTENCY_KEY_REUSED in kinds("create_post", "422")
     assert ProblemType.INVALID_CURSOR in kinds("list_posts", "422")
     assert ProblemType.PRECONDITION_FAILED in kinds("update_post", "412")
-    assert kinds("issue_token", "401") == {ProblemType.INVALID_CREDENTIALS}
+    assert kinds("issue_token", "401") == {ProblemType.INVALID_CREDENTIALS, ProblemType.ACCOUNT_DISABLED}
     assert kinds("read_me", "401") == {ProblemType.UNAUTHORIZED}
 
 

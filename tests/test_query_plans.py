@@ -35,18 +35,22 @@ from sqlalchemy import event, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from blogapi import search
+from blogapi.auth.sessions import service as sessions_service
+from blogapi.auth.sessions.models import LoginSession
 from blogapi.db import AnySelect, Database, fold_for_search
 from blogapi.posts import service as posts_service
 from blogapi.posts.models import Post, Tag, post_tag
 from blogapi.users import service as users_service
 from blogapi.users.models import User
 
-TABLES = ("post", "user", "post_tag", "tag")
+TABLES = ("post", "user", "post_tag", "tag", "session")
 # MariaDB's search tables, as its trigram lookup names them (search._join_trigrams).
 TRIGRAM_ALIASES = re.compile(r"g[0-9]+")
 PAGE = 21  # a page of 20 and the row that says whether there is a next one
 USERS, POSTS, TAGS = 30, 2000, 200
 AUTHOR = "the id of an author of a few pages, among the many pages of others"
+SESSION = "the id of one of that author's sessions"
+SESSIONS_PER_USER = 20
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -164,6 +168,18 @@ CASES = [
     Case(
         "tags_rarer_than", lambda _dialect: posts_service._TAGS_RARER_THAN, {"limit": PAGE, "after_count": 5}
     ),
+    # Not a list: the statement every authenticated request runs (the caller and their session).
+    Case("caller", lambda _dialect: users_service._CALLER, {"user_id": AUTHOR, "session_id": SESSION}),
+    Case(
+        "sessions",
+        lambda _dialect: sessions_service._sessions_query(after=False),
+        {"limit": PAGE, "user_id": AUTHOR, "now": START},
+    ),
+    Case(
+        "sessions_after",
+        lambda _dialect: sessions_service._sessions_query(after=True),
+        {"limit": PAGE, "user_id": AUTHOR, "now": START, "before_id": SESSION},
+    ),
 ]
 
 
@@ -211,6 +227,21 @@ async def small_tables(database: Database) -> int:
         counts = Counter(link["tag_id"] for link in links)
         for tag_id, count in counts.items():
             await connection.execute(update(Tag).where(Tag.id == tag_id).values(post_count=count))
+        await connection.execute(
+            insert(LoginSession),
+            [
+                {
+                    "user_id": user_id,
+                    "created_at": START,
+                    "last_used_at": START,
+                    "expires_at": START + timedelta(days=30),
+                    "address": "127.0.0.1",
+                    "user_agent": "plans",
+                }
+                for _ in range(SESSIONS_PER_USER)
+                for user_id in user_ids
+            ],
+        )
     async with database.engine.connect() as connection:
         tables = ", ".join(connection.dialect.identifier_preparer.quote(table) for table in TABLES)
         if connection.dialect.name == "postgresql":
@@ -219,6 +250,16 @@ async def small_tables(database: Database) -> int:
             await connection.execute(text(f"ANALYZE TABLE {tables}, post_title_trigram, user_name_trigram"))
         await connection.commit()
     return user_ids[1]
+
+
+@pytest.fixture
+async def a_session(database: Database, small_tables: int) -> int:
+    """The id of one of the ordinary author's sessions, from the middle of theirs."""
+    async with database.engine.connect() as connection:
+        ids = list(
+            await connection.scalars(select(LoginSession.id).where(LoginSession.user_id == small_tables))
+        )
+    return ids[len(ids) // 2]
 
 
 async def plan_of(connection: AsyncConnection, statement: AnySelect, values: dict[str, Any]) -> Any:
@@ -310,12 +351,16 @@ FAULTS = {"postgresql": postgresql_faults, "mysql": mariadb_faults, "sqlite": sq
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 async def test_every_list_statement_reads_a_page_through_an_index_whatever_the_table_size(
-    database: Database, small_tables: int, case: Case
+    database: Database, small_tables: int, a_session: int, case: Case
 ) -> None:
     async with database.engine.connect() as connection:  # a transaction: SET LOCAL ends with it
         dialect = connection.dialect.name
         values = case.values(dialect) if callable(case.values) else case.values
-        values = {key: small_tables if value == AUTHOR else value for key, value in values.items()}
+        stand_ins = {AUTHOR: small_tables, SESSION: a_session}
+        values = {
+            key: stand_ins[value] if isinstance(value, str) and value in stand_ins else value
+            for key, value in values.items()
+        }
         if values.get("ids") == AMONG["ids"]:
             values["ids"] = list(
                 await connection.scalars(select(Post.id).order_by(Post.id.desc()).limit(PAGE))

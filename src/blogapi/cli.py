@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from importlib.metadata import version as package_version
 from ipaddress import ip_address
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from alembic import command
@@ -369,6 +369,69 @@ def unlock(email: Annotated[str, typer.Argument(help="The account's email.")]) -
         typer.echo(f"{address}: failed logins forgotten, the account may log in again")
     else:
         typer.echo(f"{address}: no failed logins recorded, nothing to unlock")
+
+
+def _set_active(email: str, *, is_active: bool) -> None:
+    from blogapi.users import service as users_service
+
+    async def change(session: AsyncSession) -> str:
+        return (await users_service.set_active(session, email, is_active=is_active)).email
+
+    changed = asyncio.run(_in_transaction(change))
+    typer.echo(
+        f"{changed} is {'enabled: it may log in' if is_active else 'disabled: its sessions have ended'}"
+    )
+
+
+@user_app.command()
+def disable(email: Annotated[str, typer.Argument(help="The account's email.")]) -> None:
+    """Disable an account: it cannot log in, its sessions end at once; its posts stay readable."""
+    _set_active(email, is_active=False)
+
+
+@user_app.command()
+def enable(email: Annotated[str, typer.Argument(help="The account's email.")]) -> None:
+    """Enable a disabled account again: it may log in."""
+    _set_active(email, is_active=True)
+
+
+SESSIONS_LISTED = 100
+
+
+@user_app.command()
+def sessions(email: Annotated[str, typer.Argument(help="The account's email.")]) -> None:
+    """List an account's open sessions, newest first: id, login, last use, address, user agent."""
+    from blogapi.auth.sessions import service as sessions_service
+    from blogapi.users import service as users_service
+
+    async def read(session: AsyncSession) -> list[Any]:
+        user_id = await users_service.user_id_of(session, email)
+        return await sessions_service.open_sessions(await session.connection(), user_id, SESSIONS_LISTED + 1)
+
+    rows = asyncio.run(_in_transaction(read))
+    if not rows:
+        typer.echo("no open sessions")
+    for row in rows[:SESSIONS_LISTED]:
+        typer.echo(
+            f"{row.id}\tlogged in {row.created_at:%Y-%m-%d %H:%M:%S}Z"
+            f"\tlast used {row.last_used_at:%Y-%m-%d %H:%M}Z\t{row.address}\t{row.user_agent or '-'}"
+        )
+    if len(rows) > SESSIONS_LISTED:
+        typer.echo(f"(only the newest {SESSIONS_LISTED} are listed)")
+
+
+@user_app.command("logout-all")
+def logout_all(email: Annotated[str, typer.Argument(help="The account's email.")]) -> None:
+    """End every session of an account: its tokens are refused at once, in every process."""
+    from blogapi.auth.sessions import service as sessions_service
+    from blogapi.users import service as users_service
+
+    async def end(session: AsyncSession) -> int:
+        user_id = await users_service.user_id_of(session, email)
+        return await sessions_service.revoke_all(await session.connection(), user_id)
+
+    ended = asyncio.run(_in_transaction(end))
+    typer.echo(f"ended {ended} session{'' if ended == 1 else 's'}")
 
 
 @app.command("create-admin")

@@ -64,7 +64,11 @@ class Settings(BaseSettings):
     secret_key: SecretStr = SecretStr("")
     secret_key_file: Path = Path("secret_key")  # relative: inside data_dir
     environment: Environment = Environment.DEVELOPMENT
-    access_token_minutes: int = Field(default=60, ge=1, le=60 * 24 * 30)
+    # Short: an access token is checked against its session on every request, but a
+    # refresh token (rotated at each use) is what keeps a client logged in.
+    access_token_minutes: int = Field(default=15, ge=1, le=60 * 24 * 30)
+    # A login's session ends this long after the login, however often it is refreshed.
+    session_days: int = Field(default=30, ge=1, le=366)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     cors_origins: Annotated[list[str], NoDecode] = []
     # A fixed pool: an overflow connection is closed when it comes back to a full pool, so

@@ -44,6 +44,9 @@ class ProblemType(StrEnum):
     IDEMPOTENCY_KEY_REUSED = PROBLEM_TYPE_BASE + "idempotency-key-reused"
     UNAUTHORIZED = PROBLEM_TYPE_BASE + "unauthorized"
     INVALID_CREDENTIALS = PROBLEM_TYPE_BASE + "invalid-credentials"
+    ACCOUNT_DISABLED = PROBLEM_TYPE_BASE + "account-disabled"
+    INVALID_REFRESH_TOKEN = PROBLEM_TYPE_BASE + "invalid-refresh-token"
+    REFRESH_TOKEN_REUSED = PROBLEM_TYPE_BASE + "refresh-token-reused"
     FORBIDDEN = PROBLEM_TYPE_BASE + "forbidden"
     REAUTHENTICATION_REQUIRED = PROBLEM_TYPE_BASE + "reauthentication-required"
     NOT_FOUND = PROBLEM_TYPE_BASE + "not-found"
@@ -89,13 +92,31 @@ PROBLEM_KINDS: dict[ProblemType, ProblemKind] = {
     ),
     ProblemType.UNAUTHORIZED: ProblemKind(
         HTTPStatus.UNAUTHORIZED,
-        "The access token is missing, invalid, expired, or older than the account's last password change.",
+        "The access token is missing, invalid or expired, or its session has ended (logout, a password"
+        " change in another session, a reused refresh token).",
         "the access token is missing, invalid or expired",
     ),
     ProblemType.INVALID_CREDENTIALS: ProblemKind(
         HTTPStatus.UNAUTHORIZED,
         "Logging in failed: the email or the password is wrong (which one is not said).",
         "the email or password is incorrect",
+    ),
+    ProblemType.ACCOUNT_DISABLED: ProblemKind(
+        HTTPStatus.UNAUTHORIZED,
+        "The email and password are right, but an admin has disabled the account: it cannot log in.",
+        "this account is disabled",
+    ),
+    ProblemType.INVALID_REFRESH_TOKEN: ProblemKind(
+        HTTPStatus.UNAUTHORIZED,
+        "The refresh token is unknown, or its session has ended or expired: log in again.",
+        "the refresh token is unknown, or its session has ended: log in again",
+    ),
+    ProblemType.REFRESH_TOKEN_REUSED: ProblemKind(
+        HTTPStatus.UNAUTHORIZED,
+        "The refresh token was already traded for a new one, so a copy of it may have been stolen: its"
+        " whole session is ended, for whoever holds the newer tokens too. Log in again. (Two refreshes"
+        " at once with one token count as reuse: a client must send one at a time.)",
+        "this refresh token was used before, so it may have been stolen: its session is ended",
     ),
     ProblemType.FORBIDDEN: ProblemKind(
         HTTPStatus.FORBIDDEN,
@@ -271,6 +292,18 @@ class Unauthorized(DomainError):
 
 class InvalidCredentials(Unauthorized):
     type = ProblemType.INVALID_CREDENTIALS
+
+
+class AccountDisabled(Unauthorized):
+    type = ProblemType.ACCOUNT_DISABLED
+
+
+class InvalidRefreshToken(Unauthorized):
+    type = ProblemType.INVALID_REFRESH_TOKEN
+
+
+class RefreshTokenReused(InvalidRefreshToken):
+    type = ProblemType.REFRESH_TOKEN_REUSED
 
 
 class PreconditionFailed(DomainError):

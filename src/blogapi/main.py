@@ -14,6 +14,7 @@ from fastapi.security.base import SecurityBase
 
 from blogapi import __version__, health, observe
 from blogapi.auth.router import router as auth_router
+from blogapi.auth.sessions.router import router as sessions_router
 from blogapi.config import Settings, get_settings
 from blogapi.db import Database
 from blogapi.docs import install_docs
@@ -89,7 +90,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
 
     # Any route that touches the database answers 503 + Retry-After when it cannot. Routes
     # are matched in order, one by one: the most requested come first.
-    for router in (posts_router, users_router, auth_router):
+    for router in (posts_router, users_router, auth_router, sessions_router):
         app.include_router(router, prefix=API_PREFIX, responses=error_responses(503))
     app.include_router(health.router)
     install_docs(app)

@@ -55,7 +55,7 @@ def _assert_unauthorized(response: httpx.Response) -> None:
 # --- POST /auth/token ------------------------------------------------------------------------------
 
 
-async def test_login_returns_a_bearer_token_with_its_lifetime(
+async def test_login_returns_a_bearer_token_with_its_lifetime_and_a_refresh_token(
     client: httpx.AsyncClient, accounts: Accounts, settings: Settings
 ) -> None:
     account = await accounts.create()
@@ -64,11 +64,13 @@ async def test_login_returns_a_bearer_token_with_its_lifetime(
 
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"access_token", "token_type", "expires_in"}
+    assert set(body) == {"access_token", "token_type", "expires_in", "refresh_token"}
     assert body["token_type"] == "bearer"
     assert body["expires_in"] == settings.access_token_minutes * 60
     assert isinstance(body["access_token"], str)
     assert body["access_token"]
+    assert isinstance(body["refresh_token"], str)
+    assert len(body["refresh_token"]) >= 43  # 32 random bytes, base64url
 
 
 async def test_a_token_response_may_not_be_stored_by_any_cache(
@@ -233,7 +235,12 @@ async def test_me_with_an_expired_token_is_401(
     now = datetime.now(UTC)
     token = _forge(
         settings,
-        {"sub": str(account.id), "ver": 1, "iat": now - timedelta(hours=2), "exp": now - timedelta(hours=1)},
+        {
+            "sub": str(account.id),
+            "sid": account.session_id,
+            "iat": now - timedelta(hours=2),
+            "exp": now - timedelta(hours=1),
+        },
     )
 
     response = await client.get(ME, headers=_bearer(token))
@@ -248,7 +255,7 @@ async def test_a_token_that_expires_after_it_was_accepted_is_refused_from_then_o
     account = await accounts.create()
     now = datetime.now(UTC)
     expires = now + timedelta(seconds=2)
-    token = _forge(settings, {"sub": str(account.id), "ver": 1, "iat": now, "exp": expires})
+    token = _forge(settings, {"sub": str(account.id), "sid": account.session_id, "iat": now, "exp": expires})
 
     accepted = await client.get(ME, headers=_bearer(token))
     await asyncio.sleep((expires - datetime.now(UTC)).total_seconds() + 0.2)
@@ -259,7 +266,7 @@ async def test_a_token_that_expires_after_it_was_accepted_is_refused_from_then_o
 
 
 def test_a_token_verified_under_one_secret_is_not_accepted_under_another() -> None:
-    subject = TokenSubject(user_id=7, token_version=1)
+    subject = TokenSubject(user_id=7, session_id=1)
     token = create_access_token(subject, secret="s" * 32, lifetime=timedelta(minutes=5))
 
     assert read_access_token(token, secret="s" * 32) == subject
@@ -282,7 +289,8 @@ async def test_a_forged_token_with_the_right_key_and_future_expiry_is_accepted(
     account = await accounts.create()
     now = datetime.now(UTC)
     token = _forge(
-        settings, {"sub": str(account.id), "ver": 1, "iat": now, "exp": now + timedelta(minutes=5)}
+        settings,
+        {"sub": str(account.id), "sid": account.session_id, "iat": now, "exp": now + timedelta(minutes=5)},
     )
 
     response = await client.get(ME, headers=_bearer(token))
@@ -298,7 +306,7 @@ async def test_me_with_a_token_signed_by_another_key_is_401(
     now = datetime.now(UTC)
     token = _forge(
         settings,
-        {"sub": str(account.id), "ver": 1, "iat": now, "exp": now + timedelta(minutes=5)},
+        {"sub": str(account.id), "sid": account.session_id, "iat": now, "exp": now + timedelta(minutes=5)},
         key="another-secret-key-that-is-also-long-enough-987654",
     )
 
@@ -310,7 +318,7 @@ async def test_me_with_a_token_signed_by_another_key_is_401(
 async def test_me_with_an_alg_none_token_is_401(client: httpx.AsyncClient, accounts: Accounts) -> None:
     account = await accounts.create()
     now = int(datetime.now(UTC).timestamp())
-    token = _unsigned({"sub": str(account.id), "ver": 1, "iat": now, "exp": now + 300})
+    token = _unsigned({"sub": str(account.id), "sid": account.session_id, "iat": now, "exp": now + 300})
 
     response = await client.get(ME, headers=_bearer(token))
 
@@ -321,7 +329,7 @@ async def test_me_with_a_token_without_exp_is_401(
     client: httpx.AsyncClient, accounts: Accounts, settings: Settings
 ) -> None:
     account = await accounts.create()
-    token = _forge(settings, {"sub": str(account.id), "ver": 1, "iat": datetime.now(UTC)})
+    token = _forge(settings, {"sub": str(account.id), "sid": account.session_id, "iat": datetime.now(UTC)})
 
     response = await client.get(ME, headers=_bearer(token))
 
@@ -387,32 +395,52 @@ async def test_an_invalid_token_on_an_endpoint_with_optional_auth_is_401_not_ano
     _assert_unauthorized(response)
 
 
-async def test_a_token_without_the_token_version_claim_is_401(
+async def test_a_token_issued_before_sessions_existed_is_a_clean_401(
     client: httpx.AsyncClient, accounts: Accounts, settings: Settings
 ) -> None:
+    """The claims a token had before the upgrade (the user's token_version, no session)."""
     account = await accounts.create()
     now = datetime.now(UTC)
-    token = _forge(settings, {"sub": str(account.id), "iat": now, "exp": now + timedelta(minutes=5)})
+    claims = {"sub": str(account.id), "ver": 1, "iat": now, "exp": now + timedelta(minutes=5)}
+    token = _forge(settings, {**claims, "auth_time": int(now.timestamp())})
 
-    response = await client.get(ME, headers=_bearer(token))
+    for response in (
+        await client.get(ME, headers=_bearer(token)),
+        await client.get("/api/v1/users", headers=_bearer(token)),
+        await client.post("/api/v1/auth/logout", headers=_bearer(token)),
+    ):
+        _assert_unauthorized(response)
 
-    assert response.status_code == 401
 
-
-async def test_changing_the_password_ends_every_token_issued_before(
+async def test_changing_the_password_ends_every_other_session_and_keeps_the_current_one(
     client: httpx.AsyncClient, accounts: Accounts
 ) -> None:
     account = await accounts.create()
-    other_session = await accounts.login(account.email)
+    other_sessions = [await accounts.login(account.email) for _ in range(2)]
     changed = await client.patch(
         f"/api/v1/users/{account.id}", json={"password": "a brand new password"}, headers=account.headers
     )
     assert changed.status_code == 200
 
-    for token in (account.token, other_session):
-        assert (await client.get(ME, headers=_bearer(token))).status_code == 401
+    for token in other_sessions:
+        _assert_unauthorized(await client.get(ME, headers=_bearer(token)))
+    assert (await client.get(ME, headers=account.headers)).status_code == 200
     fresh = await accounts.login(account.email, "a brand new password")
     assert (await client.get(ME, headers=_bearer(fresh))).status_code == 200
+
+
+async def test_an_admin_setting_a_password_ends_every_session_of_that_user(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    admin = await accounts.create(admin=True)
+    account = await accounts.create()
+    changed = await client.patch(
+        f"/api/v1/users/{account.id}", json={"password": "set by an admin"}, headers=admin.headers
+    )
+    assert changed.status_code == 200
+
+    _assert_unauthorized(await client.get(ME, headers=account.headers))
+    assert (await client.get(ME, headers=admin.headers)).status_code == 200
 
 
 async def test_changing_only_the_name_keeps_tokens_valid(
@@ -431,7 +459,12 @@ async def test_a_token_signed_with_the_right_key_but_another_algorithm_is_401(
 ) -> None:
     account = await accounts.create()
     now = datetime.now(UTC)
-    claims = {"sub": str(account.id), "ver": 1, "iat": now, "exp": now + timedelta(minutes=5)}
+    claims = {
+        "sub": str(account.id),
+        "sid": account.session_id,
+        "iat": now,
+        "exp": now + timedelta(minutes=5),
+    }
     with warnings.catch_warnings():  # the test key is short for HS512: what matters is the algorithm
         warnings.simplefilter("ignore", InsecureKeyLengthWarning)
         token = jwt.encode(claims, settings.secret_key.get_secret_value(), algorithm="HS512")
@@ -439,13 +472,18 @@ async def test_a_token_signed_with_the_right_key_but_another_algorithm_is_401(
     assert (await client.get(ME, headers=_bearer(token))).status_code == 401
 
 
-@pytest.mark.parametrize("missing", ["sub", "iat", "ver"])
+@pytest.mark.parametrize("missing", ["sub", "iat", "sid"])
 async def test_a_token_missing_a_required_claim_is_401(
     client: httpx.AsyncClient, accounts: Accounts, settings: Settings, missing: str
 ) -> None:
     account = await accounts.create()
     now = datetime.now(UTC)
-    claims = {"sub": str(account.id), "ver": 1, "iat": now, "exp": now + timedelta(minutes=5)}
+    claims = {
+        "sub": str(account.id),
+        "sid": account.session_id,
+        "iat": now,
+        "exp": now + timedelta(minutes=5),
+    }
     del claims[missing]
 
     assert (await client.get(ME, headers=_bearer(_forge(settings, claims)))).status_code == 401

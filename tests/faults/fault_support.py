@@ -39,7 +39,8 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool, QueuePool
 
-from blogapi.auth.security import TokenSubject, create_access_token
+from blogapi.auth.security import create_access_token
+from blogapi.auth.sessions import service as sessions_service
 from blogapi.config import Environment, Settings
 from blogapi.db import Database
 from blogapi.main import create_app
@@ -368,7 +369,10 @@ async def create_writers(database_url: str, count: int, *, admin: bool = False) 
                     settings,
                     is_admin=admin,
                 )
-                subject = TokenSubject(user.id, user.token_version)
+                issued = await sessions_service.start(
+                    await session.connection(), user.id, "127.0.0.1", "fault_support", settings
+                )
+                subject = issued.subject
             token = create_access_token(subject, secret=TEST_SECRET, lifetime=timedelta(hours=1))
             writers.append(Writer(subject.user_id, {"Authorization": f"Bearer {token}"}))
     finally:

@@ -43,6 +43,17 @@ def owner_or_admin(status: int) -> dict[str, int]:
 # with a wrong password).
 MATRIX: dict[tuple[str, str], dict[str, int]] = {
     ("POST", f"{API}/auth/token"): logged_in(200),
+    # Each role with its own refresh token (anonymous with one that was never issued).
+    ("POST", f"{API}/auth/refresh"): logged_in(200),
+    ("POST", f"{API}/auth/logout"): logged_in(204),
+    ("GET", f"{API}/users/me/sessions"): logged_in(200),
+    # The owner's session: nobody else finds it, admins included (it is under /me).
+    ("DELETE", f"{API}/users/me/sessions/{{session_id}}"): {
+        "anonymous": 401,
+        "other": 404,
+        "owner": 204,
+        "admin": 404,
+    },
     ("POST", f"{API}/users"): everyone(201),
     ("GET", f"{API}/users"): everyone(200),
     ("GET", f"{API}/users/me"): logged_in(200),
@@ -79,7 +90,7 @@ class World:
         return dict(account.headers) if account else {}
 
     def url(self, path: str) -> str:
-        return path.format(user_id=self.owner.id, post_id=self.post_id)
+        return path.format(user_id=self.owner.id, post_id=self.post_id, session_id=self.owner.session_id)
 
 
 async def make_world(client: httpx.AsyncClient, accounts: Accounts) -> World:
@@ -100,6 +111,9 @@ def minimal_body(method: str, path: str, world: World, role: str) -> dict[str, A
         if account is None:
             return {"data": {"username": world.owner.email, "password": PASSWORD + " wrong"}}
         return {"data": {"username": account.email, "password": PASSWORD}}
+    if (method, path) == ("POST", f"{API}/auth/refresh"):
+        account = world.account(role)
+        return {"json": {"refresh_token": account.refresh_token if account else "never-issued"}}
     if (method, path) == ("POST", f"{API}/users"):
         world.signups += 1
         email = f"signup-{role}-{world.signups}@example.com"
@@ -183,6 +197,17 @@ async def assert_effect(
     """An allowed write did what it says (so a 2xx cannot hide a no-op)."""
     if response.status_code >= 300 or method not in WRITE_METHODS:
         return
+    me = f"{API}/users/me"
+    if path in (f"{API}/auth/logout", f"{API}/users/me/sessions/{{session_id}}"):
+        # The session ended: the token that was used (logout) or the owner's is refused.
+        caller = response.request.headers.get("authorization", "")
+        token = caller if path.endswith("logout") else world.owner.headers["Authorization"]
+        assert (await client.get(me, headers={"Authorization": token})).status_code == 401
+        return
+    if path in (f"{API}/auth/token", f"{API}/auth/refresh"):
+        token = response.json()["access_token"]
+        assert (await client.get(me, headers={"Authorization": f"Bearer {token}"})).status_code == 200
+        return
     checks: dict[tuple[str, str], Callable[[], Any]] = {
         ("PATCH", f"{API}/posts/{{post_id}}"): lambda: client.get(world.url(f"{API}/posts/{{post_id}}")),
         ("PATCH", f"{API}/users/{{user_id}}"): lambda: client.get(world.url(f"{API}/users/{{user_id}}")),
@@ -205,10 +230,6 @@ async def assert_effect(
         created = await client.get(f"{API}/users/{response.json()['id']}")
         assert created.status_code == 200
         assert created.json()["name"] == "New"
-    elif path == f"{API}/auth/token":
-        token = response.json()["access_token"]
-        me = await client.get(f"{API}/users/me", headers={"Authorization": f"Bearer {token}"})
-        assert me.status_code == 200
 
 
 # --- what each role sees ------------------------------------------------------------------------

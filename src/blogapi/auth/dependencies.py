@@ -7,15 +7,18 @@ from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from blogapi.auth.security import TokenSubject, read_access_token
+from blogapi.auth.sessions import service as sessions_service
 from blogapi.config import Settings, SettingsDep
-from blogapi.db import AnyRow, Database, DatabaseDep, SessionDep
+from blogapi.db import AnyRow, Database, DatabaseDep, SessionDep, utcnow
 from blogapi.errors import Unauthorized
 from blogapi.users import service as users_service
 
 TOKEN_URL = "/api/v1/auth/token"  # noqa: S105  (a URL, not a secret)
 
-_required_token = OAuth2PasswordBearer(tokenUrl=TOKEN_URL)
-_optional_token = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, auto_error=False)
+_required_token = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, refreshUrl="/api/v1/auth/refresh")
+_optional_token = OAuth2PasswordBearer(
+    tokenUrl=TOKEN_URL, refreshUrl="/api/v1/auth/refresh", auto_error=False
+)
 
 
 INVALID_TOKEN = users_service.CALLER_GONE
@@ -33,9 +36,9 @@ def _subject(token: str, settings: Settings) -> TokenSubject:
     return subject
 
 
-def _current(subject: TokenSubject, user: AnyRow | None) -> AnyRow:
-    """The token's user, if the token is valid and was issued since their last password change."""
-    if user is None or user.token_version != subject.token_version:
+def _current(user: AnyRow | None) -> AnyRow:
+    """The token's user, if the token's session is open (find_caller found it)."""
+    if user is None:
         raise Unauthorized(INVALID_TOKEN)
     return user
 
@@ -49,7 +52,13 @@ Caller = Annotated[TokenSubject, Depends(get_caller)]
 
 
 async def current_user(connection: AsyncConnection, caller: TokenSubject) -> AnyRow:
-    return _current(caller, await users_service.find_user(connection, caller.user_id))
+    """The caller, in a writing request's transaction, which also records the session's use
+    (at most once a minute)."""
+    user = _current(await users_service.find_caller(connection, caller))
+    now = utcnow()
+    if sessions_service.is_stale(user.session_last_used_at, now):
+        await sessions_service.touch(connection, caller.session_id, now)
+    return user
 
 
 # The caller is a row of the user's columns. A writing request reads it in its own
@@ -64,7 +73,14 @@ async def get_current_user(caller: Caller, session: SessionDep) -> AnyRow:
 async def _viewer(token: str, database: Database, settings: Settings) -> AnyRow:
     subject = _subject(token, settings)
     async with database.read_engine.connect() as connection:
-        return _current(subject, await users_service.find_user(connection, subject.user_id))
+        user = _current(await users_service.find_caller(connection, subject))
+    now = utcnow()
+    if sessions_service.is_stale(user.session_last_used_at, now):
+        # A read writes nothing but this, once a minute per session, in a short transaction
+        # after its read connection is back in the pool.
+        async with database.engine.begin() as connection:
+            await sessions_service.touch(connection, subject.session_id, now)
+    return user
 
 
 async def get_viewer(

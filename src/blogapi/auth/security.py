@@ -48,28 +48,28 @@ async def verify_password(password: str, password_hash: str | None, *, concurren
 @dataclass(frozen=True, slots=True)
 class TokenSubject:
     user_id: int
-    token_version: int
-    """The user's token_version when the token was issued; a password change moves it on."""
+    session_id: int
+    """The login session the token belongs to (`sid`): revoking it ends the token."""
     authenticated_at: int = field(default=0, compare=False)
-    """When the password was last checked (epoch seconds; 0 if the token does not say).
+    """When the password was last checked: the session's login (epoch seconds).
 
-    Not part of the subject's identity: two tokens of one user and version name the same
-    subject."""
+    Not part of the subject's identity: two tokens of one session name the same subject."""
 
     def authenticated_since(self, moment: datetime) -> bool:
         return self.authenticated_at >= moment.timestamp()
 
 
 def create_access_token(subject: TokenSubject, *, secret: str, lifetime: timedelta) -> str:
-    """A token for `subject`, whose password was checked just now (a login issues it)."""
+    """A token for `subject`, valid for `lifetime`, proving a login at `subject.authenticated_at`."""
     now = datetime.now(UTC)
     claims = {
         "sub": str(subject.user_id),
-        "ver": subject.token_version,
+        "sid": subject.session_id,
         "iat": now,
         "exp": now + lifetime,
-        # OpenID Connect's name: the login time, which proves a recent authentication.
-        "auth_time": int(now.timestamp()),
+        # OpenID Connect's name: the login time, which proves a recent authentication. A
+        # refreshed token keeps its session's login time: a refresh checks no password.
+        "auth_time": subject.authenticated_at or int(now.timestamp()),
     }
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
@@ -78,7 +78,8 @@ def create_access_token(subject: TokenSubject, *, secret: str, lifetime: timedel
 # is remembered, with its expiry (checked at every use, as PyJWT checks `exp`), so a
 # client's later requests skip the HMAC and the JSON (~100 µs of a POST's CPU). Only
 # tokens that passed verification are kept, keyed with the secret that verified them;
-# whether the token is still *current* (its user's token_version) is not cached.
+# whether the token is still *current* (its session not revoked) is never cached: every
+# request reads it from the database, so a revocation holds at once in every process.
 # Used from the event loop only (the cache is not thread-safe).
 VERIFIED_TOKENS_MAX = 4096
 
@@ -105,16 +106,16 @@ def read_access_token(token: str, *, secret: str) -> TokenSubject | None:
         return verified.subject
     try:
         claims = jwt.decode(
-            token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "ver", "exp", "iat"]}
+            token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "sid", "exp", "iat"]}
         )
-        user_id, version, expires_at = int(claims["sub"]), claims["ver"], float(claims["exp"])
+        user_id, session_id, expires_at = int(claims["sub"]), claims["sid"], float(claims["exp"])
     except (jwt.PyJWTError, ValueError, TypeError):
-        return None
-    if not (1 <= user_id <= MAX_ID and isinstance(version, int)):
+        return None  # a token from before sessions (no `sid`) included
+    if not (1 <= user_id <= MAX_ID and isinstance(session_id, int) and 1 <= session_id <= MAX_ID):
         return None
     # Optional: a token issued before the claim existed is valid, but proves no recent login.
     authenticated_at = claims.get("auth_time", 0)
-    subject = TokenSubject(user_id, version, authenticated_at if isinstance(authenticated_at, int) else 0)
+    subject = TokenSubject(user_id, session_id, authenticated_at if isinstance(authenticated_at, int) else 0)
     _verified[secret, token] = _Verified(subject, expires_at)
     return subject
 

@@ -8,7 +8,7 @@ from blogapi.auth import throttle
 from blogapi.auth.security import verify_password
 from blogapi.config import Settings
 from blogapi.db import Database, utcnow
-from blogapi.errors import InvalidCredentials, InvalidInput, ReauthenticationRequired
+from blogapi.errors import AccountDisabled, InvalidCredentials, InvalidInput, ReauthenticationRequired
 from blogapi.users.models import User
 from blogapi.users.schemas import normalize_email
 from blogapi.validation import is_utf8
@@ -53,6 +53,9 @@ async def log_in(database: Database, email: str, password: str, address: str, se
     user = await _check_password(database, normalize_email(email.strip()), password, address, settings)
     if user is None:
         raise InvalidCredentials("the email or password is incorrect")
+    # Said only to whoever knows the password: no one else learns that the account exists.
+    if not user.is_active:
+        raise AccountDisabled("this account is disabled")
     return user
 
 

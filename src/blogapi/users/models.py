@@ -41,12 +41,18 @@ class User(Base):
     email: Mapped[str] = mapped_column(binary_string(EMAIL_MAX), unique=True)
     password_hash: Mapped[str] = mapped_column(String(PASSWORD_HASH_MAX))
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    # '1' as text: a boolean literal every backend takes (PostgreSQL casts it; MariaDB and
+    # SQLite store 1), and that MariaDB reports back as it was given (`true` would read as 1).
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True, server_default="1")
+    """False: disabled by an admin. Cannot log in, every session ended; posts stay readable."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=created_at_or_now, onupdate=utcnow)
     version: Mapped[int] = mapped_column(server_default=text("1"))
     """Counts changes (the ETag); the ORM adds `AND version = :loaded` to every UPDATE."""
     token_version: Mapped[int] = mapped_column(default=1, server_default=text("1"))
-    """Goes up when the password changes: tokens that carry an older one stop working."""
+    """No longer read: tokens were bound to it before sessions (auth/sessions), which a
+    password change now ends instead. Kept because dropping it rebuilds the user table on
+    SQLite; a later migration may drop it."""
 
     __mapper_args__ = {"version_id_col": version}  # noqa: RUF012  (read once, by the mapper)
 

@@ -197,7 +197,8 @@ async def update_user(
     response: Response,
     if_match: IfMatchHeader = None,
 ) -> UserRead:
-    """Change a user (themself, or any as an admin). A new password ends every earlier token.
+    """Change a user (themself, or any as an admin). A new password ends every other session of
+    the user: all but the caller's own when they change their own, all of them when an admin does.
 
     Changing one's own `password` or `email` needs proof of a recent login: a token from a
     login in the last `RECENT_LOGIN_MINUTES`, or `current_password` (403 without either; a
@@ -209,7 +210,9 @@ async def update_user(
     )
     # The session takes its connection only now, after the hashing.
     me = await current_user(await session.connection(), caller)
-    user = await service.update_user(session, user_id, data, me, password_hash, if_match)
+    user = await service.update_user(
+        session, user_id, data, me, password_hash, if_match, actor_session=caller.session_id
+    )
     response.headers["ETag"] = etag(user.version)
     return service.to_read(user, viewer=me)
 

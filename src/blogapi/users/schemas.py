@@ -90,6 +90,11 @@ class UserUpdate(PartialUpdate):
     is_admin: StrictBool | SkipJsonSchema[None] = Field(
         default=None, description="Only an admin may change this."
     )
+    is_active: StrictBool | SkipJsonSchema[None] = Field(
+        default=None,
+        description="Only an admin may change this. `false` disables the account: it cannot log in,"
+        " its sessions end, its posts stay readable.",
+    )
     current_password: CurrentPassword | SkipJsonSchema[None] = Field(
         default=None,
         description="Your password: needed to change your own `password` or `email` unless you"
@@ -102,6 +107,10 @@ class UserRead(BaseModel):
     name: str
     email: str | None = Field(description="Shown only to the user themself and to admins.")
     is_admin: bool
+    is_active: bool | None = Field(
+        description="Whether the account may log in (an admin may disable it). Shown only to the user"
+        " themself and to admins."
+    )
     created_at: datetime
     updated_at: datetime
 
