@@ -19,8 +19,17 @@ import schemathesis
 from conftest import TEST_SECRET
 from schemathesis.checks import CheckContext
 from schemathesis.config import ChecksConfig
+from schemathesis.core.parameters import ParameterLocation
 from schemathesis.core.transport import Response
 from schemathesis.engine.recorder import ScenarioRecorder
+from schemathesis.generation.meta import (
+    CaseMetadata,
+    ComponentInfo,
+    CoverageScenario,
+    GenerationInfo,
+    PhaseInfo,
+)
+from schemathesis.generation.modes import GenerationMode
 from schemathesis.openapi.checks import EnsureResourceAvailability
 from schemathesis.specs.openapi.checks import ensure_resource_availability
 
@@ -29,6 +38,8 @@ from blogapi.main import create_app
 
 HOOKS = Path(__file__).resolve().parent.parent / "fuzz" / "hooks.py"
 BASE_URL = "http://127.0.0.1:8000"
+
+POSITIVE, NEGATIVE = GenerationMode.POSITIVE, GenerationMode.NEGATIVE
 
 pytestmark = pytest.mark.backends("sqlite")  # no database: the document and the checks only
 
@@ -142,3 +153,47 @@ def test_the_built_in_check_is_off_only_because_the_hook_runs_it() -> None:
     config = tomllib.loads((HOOKS.parent / "schemathesis.toml").read_text())
     assert config["checks"]["ensure_resource_availability"] == {"enabled": False}
     assert "def ensure_resource_availability_unless_replayed" in HOOKS.read_text()
+
+
+def _meta(mode: GenerationMode, **components: GenerationMode) -> CaseMetadata:
+    return CaseMetadata(
+        generation=GenerationInfo(time=0.0, mode=mode),
+        components={ParameterLocation(location): ComponentInfo(mode=m) for location, m in components.items()},
+        phase=PhaseInfo.coverage(
+            CoverageScenario.NEAR_BOUNDARY_NUMBER,
+            "Near-boundary number",
+            parameter="post_id",
+            parameter_location=ParameterLocation.PATH,
+        ),
+    )
+
+
+def test_a_case_labelled_positive_whose_header_is_negative_is_not_sent(
+    hooks: ModuleType, schema: Any
+) -> None:
+    # What the coverage phase made for seed 20261125: `If-Match: 0` (it builds headers from
+    # letters and digits only) in a case labelled positive for its near-boundary post_id.
+    case = schema["/api/v1/posts/{post_id}"]["DELETE"].Case(
+        path_parameters={"post_id": 2147483646},
+        headers={"If-Match": "0"},
+        _meta=_meta(POSITIVE, path=POSITIVE, header=NEGATIVE),
+    )
+    assert hooks.filter_case(None, case) is False
+
+
+def test_consistent_cases_positive_or_negative_are_all_sent(hooks: ModuleType, schema: Any) -> None:
+    operation = schema["/api/v1/posts/{post_id}"]["DELETE"]
+    positive = operation.Case(
+        path_parameters={"post_id": 1},
+        headers={"If-Match": '"1"'},
+        _meta=_meta(POSITIVE, path=POSITIVE, header=POSITIVE),
+    )
+    negative = operation.Case(
+        path_parameters={"post_id": 1},
+        headers={"If-Match": "0"},
+        _meta=_meta(NEGATIVE, path=POSITIVE, header=NEGATIVE),
+    )
+    assert hooks.filter_case(None, positive) is True
+    assert hooks.filter_case(None, negative) is True
+    # A case without metadata (an explicit example) is sent as it is.
+    assert hooks.filter_case(None, operation.Case(path_parameters={"post_id": 1})) is True

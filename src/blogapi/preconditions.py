@@ -6,6 +6,8 @@ from http import HTTPStatus
 from typing import Annotated, Any
 
 from fastapi import Header, Response
+from pydantic import StringConstraints
+from pydantic.json_schema import SkipJsonSchema
 
 from blogapi.errors import PreconditionFailed
 from blogapi.validation import in_words
@@ -16,12 +18,11 @@ from blogapi.validation import in_words
 _ENTITY_TAG = r'(W/)?"[\x21\x23-\x7e]*"'
 IF_MATCH_PATTERN = rf"^[ \t]*(\*|{_ENTITY_TAG}([ \t]*,[ \t]*{_ENTITY_TAG})*)[ \t]*$"
 
+# Optional, never null: a header has no null, and the fuzzer would send the text "null".
 IfMatchHeader = Annotated[
-    str | None,
+    Annotated[str, StringConstraints(max_length=1024, pattern=IF_MATCH_PATTERN)] | SkipJsonSchema[None],
     Header(
         alias="If-Match",
-        max_length=1024,
-        pattern=IF_MATCH_PATTERN,
         description=(
             'The ETag from a GET (such as `"3"`), a comma-separated list of them, or `*`: the'
             " change is made only if the resource is still at that version (412 otherwise)."
