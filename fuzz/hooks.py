@@ -30,6 +30,7 @@ from typing import Any
 
 import requests
 import schemathesis
+from schemathesis.specs.openapi.checks import ensure_resource_availability
 
 BASE_URL = os.environ.get("BLOGAPI_FUZZ_URL", "http://127.0.0.1:8000")
 ROLE = os.environ.get("BLOGAPI_FUZZ_ROLE", "user")
@@ -85,7 +86,8 @@ def new_token() -> str:
     return token
 
 
-@schemathesis.auth(refresh_interval=1800, retry_on=[401])
+# Access tokens live ACCESS_TOKEN_MINUTES (15 by default): renewed well before they expire.
+@schemathesis.auth(refresh_interval=600, retry_on=[401])
 class FreshAccount:
     """A bearer token for a live account; replaced when the API answers 401."""
 
@@ -196,3 +198,61 @@ def positive_data_rejected_only_for_server_state(ctx: Any, response: Any, case: 
             f"Schema-valid request answered {response.status_code}, and not because of an If-Match,"
             f" cursor or Idempotency-Key the server could not honour: {response.text[:300]}"
         )
+
+
+# --- replays of an earlier creation -------------------------------------------------------
+#
+# The fuzzer draws short Idempotency-Key values (`0`, `A`) again and again, in unrelated test
+# cases. A POST whose key and body were seen before gets the stored 201 back, marked
+# `Idempotent-Replayed: true` (draft-ietf-httpapi-idempotency-key-header): it names the post
+# made back then, which a later case may have deleted. A 404 for it is right, and not the
+# "created resource not found" (ST302) that `ensure_resource_availability` reports. So the
+# built-in check is off (schemathesis.toml) and runs through this one, which skips exactly
+# the follow-ups of a replayed creation; everything else goes to the built-in unchanged.
+
+REPLAYED_HEADER = "idempotent-replayed"
+
+
+def _is_replay(operation: str, response: Any) -> bool:
+    """Whether `response` is the stored answer to an earlier POST with the same key."""
+    return (
+        operation in IDEMPOTENCY_OPERATIONS
+        and response.status_code == 201
+        and response.headers.get(REPLAYED_HEADER, []) == ["true"]
+        and response.request.headers.get("Idempotency-Key") is not None
+    )
+
+
+@schemathesis.check
+def ensure_resource_availability_unless_replayed(ctx: Any, response: Any, case: Any) -> bool | None:
+    parent = ctx.internals.find_parent(case_id=case.id)
+    if parent is not None:
+        parent_response = ctx.internals.find_response(case_id=parent.id)
+        if parent_response is not None and _is_replay(parent.operation.label, parent_response):
+            return None
+    result: bool | None = ensure_resource_availability(ctx, response, case)
+    return result
+
+
+# --- cases labelled positive that are not ---------------------------------------------------
+#
+# The coverage phase builds headers from letters and digits only (schemathesis'
+# HEADER_ALLOWED_CHARS), so it has no valid value for If-Match, whose pattern needs `"` or
+# `*` (RFC 9110 entity tags). It then fills the header with a negative value (`0`) and still
+# labels some cases positive, because they vary another part (say a near-boundary post_id):
+# the case's own metadata says its header part is negative. The service rightly answers 422;
+# `positive_data_acceptance` would call that a rejected valid request. Such a case is neither
+# positive nor a deliberate negative one, so it is not sent. Consistent cases, positive or
+# negative, are all kept: negative If-Match values are still sent, as negative cases.
+
+
+def _labelled_positive_with_a_negative_part(case: Any) -> bool:
+    meta = case.meta
+    if meta is None or not meta.generation.mode.is_positive:
+        return False
+    return any(component.mode.is_negative for component in meta.components.values())
+
+
+@schemathesis.hook
+def filter_case(context: Any, case: Any) -> bool:
+    return not _labelled_positive_with_a_negative_part(case)

@@ -1,12 +1,12 @@
 """`make fuzz`: schemathesis against the running service, over HTTP, on every backend.
 
-For each backend: a fresh database (SQLite: a temporary file; PostgreSQL and MariaDB: the
-database named by the URL, dropped and created again), `blogapi db upgrade`, uvicorn on a
-free port, a wait for /health/ready, then per role (user, admin) a login to prove auth
-works and `schemathesis run` with fuzz/schemathesis.toml (every default check, all four
-phases, stateful included) and fuzz/hooks.py (a fresh account's token, renewed on 401).
-Reports go to fuzz/reports/<backend>/: server.log (the service's log, tracebacks included)
-and <role>/ with schemathesis.txt (the console output), junit.xml and events.ndjson.
+For each backend and role (user, admin): a fresh database (SQLite: a temporary file;
+PostgreSQL and MariaDB: the database named by the URL, dropped and created again),
+`blogapi db upgrade`, uvicorn on a free port, a wait for /health/ready, a login to prove
+auth works, and `schemathesis run` with fuzz/schemathesis.toml (every default check, all
+four phases, stateful included) and fuzz/hooks.py (a fresh account's token, renewed on 401).
+Reports go to fuzz/reports/<backend>/<role>/: server.log (the service's log, tracebacks
+included), schemathesis.txt (the console output), junit.xml and events.ndjson.
 
 Exit status: 0 when every backend ran with zero failures; 1 when any failed or could not run.
 """
@@ -368,29 +368,40 @@ def run_schemathesis(
 
 
 def fuzz_backend(backend: str, args: argparse.Namespace) -> list[Outcome]:
-    """One server and database per backend; one schemathesis run per role against it."""
+    """One schemathesis run per role, each against a fresh database and server of its own.
+
+    A role's run depends on its seed alone, and replays alone with --roles: on one shared
+    database the admin's run drew the same emails and Idempotency-Keys as the user's before
+    it (one seed), so its sign-ups were all 409 or 422 (seed 4242).
+    """
     reports = args.reports / backend
     shutil.rmtree(reports, ignore_errors=True)
     reports.mkdir(parents=True)
     outcomes: list[Outcome] = []
     started = time.monotonic()
-    print(f"=== {backend}: fresh database, migrations, uvicorn (seed {args.seed})", flush=True)
-    try:
-        with fresh_database(backend, args) as database_url, running_service(database_url, reports) as service:
-            base_url, env = service
-            for role in args.roles:
+    for role in args.roles:
+        role_reports = reports / role
+        role_reports.mkdir()
+        role_started = time.monotonic()
+        print(f"=== {backend}: fresh database, migrations, uvicorn (seed {args.seed})", flush=True)
+        try:
+            with (
+                fresh_database(backend, args) as database_url,
+                running_service(database_url, role_reports) as service,
+            ):
+                base_url, env = service
                 print(f"=== {backend}: schemathesis as a fresh {role}", flush=True)
-                role_started = time.monotonic()
                 check_auth(base_url, env, role)
-                code = run_schemathesis(base_url, env, role, reports / role, args)
-                seconds = time.monotonic() - role_started
-                if code == 0:
-                    outcomes.append(Outcome(f"{backend}/{role}", "passed", seconds, "no failures"))
-                else:
-                    detail = f"schemathesis exited {code}; see {reports / role / 'schemathesis.txt'}"
-                    outcomes.append(Outcome(f"{backend}/{role}", "failed", seconds, detail))
-    except SetupError as exc:
-        outcomes.append(Outcome(backend, "error", time.monotonic() - started, str(exc)))
+                code = run_schemathesis(base_url, env, role, role_reports, args)
+        except SetupError as exc:
+            outcomes.append(Outcome(f"{backend}/{role}", "error", time.monotonic() - role_started, str(exc)))
+            continue
+        seconds = time.monotonic() - role_started
+        if code == 0:
+            outcomes.append(Outcome(f"{backend}/{role}", "passed", seconds, "no failures"))
+        else:
+            detail = f"schemathesis exited {code}; see {role_reports / 'schemathesis.txt'}"
+            outcomes.append(Outcome(f"{backend}/{role}", "failed", seconds, detail))
     print(f"=== {backend}: {time.monotonic() - started:.0f}s in all", flush=True)
     return outcomes
 

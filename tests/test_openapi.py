@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +155,51 @@ def test_every_pattern_the_service_checks_is_in_the_document(document: dict[str,
     for model, field in (("UserCreate", "email"), ("UserCreate", "name"), ("PostCreate", "title")):
         assert "pattern" in schemas[model]["properties"][field], (model, field)
     assert "pattern" in schemas["PostCreate"]["properties"]["tags"]["items"]
+
+
+CONDITIONAL_WRITES = ("update_user", "delete_user", "update_post", "delete_post")
+
+
+@pytest.mark.parametrize("operation_id", CONDITIONAL_WRITES)
+def test_the_if_match_format_is_in_the_document_and_takes_the_tags_the_service_issues(
+    document: dict[str, Any], operation_id: str
+) -> None:
+    """The fuzzer generates If-Match from this pattern: without it, almost every tag it sent
+    was arbitrary text, refused, and the code behind the precondition went untested."""
+    (parameter,) = [p for p in _operations(document)[operation_id]["parameters"] if p["name"] == "If-Match"]
+    # A string, never null: a header has no null (the fuzzer sent the text "null").
+    assert parameter["schema"]["type"] == "string"
+    assert not parameter["required"]
+    pattern = re.compile(parameter["schema"]["pattern"])
+    for accepted in ('"1"', '"12"', "*", 'W/"3"', '"7", "8"', ' "1" ,"2" '):
+        assert pattern.fullmatch(accepted), accepted
+    for refused in ("1", "", '"1" "2"', "W/1", '"a b"', '"1",'):
+        assert not pattern.fullmatch(refused), refused
+
+
+def test_the_login_form_says_what_a_login_requires(document: dict[str, Any]) -> None:
+    """Fields sent empty count as missing in a form, a form has no null, and no account's
+    email or password holds NUL: the document says so, so generated logins are real ones."""
+    body = _operations(document)["issue_token"]["requestBody"]["content"]["application/x-www-form-urlencoded"]
+    form = _schema(document, body["schema"])["properties"]
+    for field in ("username", "password"):
+        assert form[field]["minLength"] == 1
+        assert not re.search(form[field]["pattern"], "a\x00b")
+    assert form["grant_type"] == {
+        "type": "string",
+        "const": "password",
+        "title": "Grant Type",
+        "description": "`password` if sent.",
+    }
+
+
+def test_passwords_in_the_document_refuse_nul(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    for model, field in (
+        ("UserCreate", "password"),
+        ("UserUpdate", "password"),
+        ("UserUpdate", "current_password"),
+    ):
+        pattern = schemas[model]["properties"][field]["pattern"]
+        assert re.fullmatch(pattern, "correct horse"), (model, field)
+        assert not re.fullmatch(pattern, "correct\x00horse"), (model, field)

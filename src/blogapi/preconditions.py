@@ -6,19 +6,30 @@ from http import HTTPStatus
 from typing import Annotated, Any
 
 from fastapi import Header, Response
+from pydantic import StringConstraints
+from pydantic.json_schema import SkipJsonSchema
 
 from blogapi.errors import PreconditionFailed
+from blogapi.validation import in_words
 
+# RFC 9110 13.1.1: If-Match = "*" / #entity-tag, entity-tag = [ W/ ] DQUOTE *etagc DQUOTE,
+# etagc = %x21 / %x23-7E (obs-text left out: no tag this service issues holds any). In the
+# OpenAPI document too, so that clients and the fuzzer send tags, not arbitrary text.
+_ENTITY_TAG = r'(W/)?"[\x21\x23-\x7e]*"'
+IF_MATCH_PATTERN = rf"^[ \t]*(\*|{_ENTITY_TAG}([ \t]*,[ \t]*{_ENTITY_TAG})*)[ \t]*$"
+
+# Optional, never null: a header has no null, and the fuzzer would send the text "null".
 IfMatchHeader = Annotated[
-    str | None,
+    Annotated[str, StringConstraints(max_length=1024, pattern=IF_MATCH_PATTERN)] | SkipJsonSchema[None],
     Header(
         alias="If-Match",
-        max_length=1024,
         description=(
-            "The ETag from a GET: the change is made only if the resource is still at that version"
-            " (412 otherwise). Without If-Match the change is made unconditionally."
+            'The ETag from a GET (such as `"3"`), a comma-separated list of them, or `*`: the'
+            " change is made only if the resource is still at that version (412 otherwise)."
+            " Without If-Match the change is made unconditionally."
         ),
     ),
+    in_words('must be "*" or entity tags such as "3", separated by commas (RFC 9110)'),
 ]
 
 IfNoneMatchHeader = Annotated[

@@ -18,6 +18,8 @@ from pydantic_core import PydanticCustomError
 SINGLE_LINE = r"^[^\x00-\x1f\x7f]*$"
 # Multi-line text may keep tabs and line breaks.
 MULTI_LINE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+# Secrets and login names may hold anything but NUL, which no database text nor login carries.
+WITHOUT_NUL = r"^[^\x00]*$"
 
 
 def in_words(message: str) -> WrapValidator:
@@ -40,6 +42,7 @@ def in_words(message: str) -> WrapValidator:
 
 SingleLineInWords = in_words("must be a single line of text without control characters")
 MultiLineInWords = in_words("must be text without control characters (tabs and line breaks are allowed)")
+WithoutNulInWords = in_words("must not contain NUL characters")
 
 
 def is_utf8(text: str) -> bool:

@@ -218,6 +218,27 @@ async def test_an_if_match_list_without_the_current_etag_is_412(
     assert (await read(client, f"{POSTS}/{post_id}")).json()["title"] == "Kept"
 
 
+@pytest.mark.parametrize(
+    "if_match", ["3", "W/3", '"3" "4"', '"3",,"4"', 'x"3"', '"3', "**", '"a b"'], ids=repr
+)
+async def test_an_if_match_that_is_not_entity_tags_is_422_and_changes_nothing(
+    client: httpx.AsyncClient, accounts: Accounts, if_match: str
+) -> None:
+    ann = await accounts.create()
+    created = await create_post(client, ann, "Kept")
+    post_id = created.json()["id"]
+    for response in (
+        await client.patch(f"{POSTS}/{post_id}", json={"title": "New"}, headers=with_if_match(ann, if_match)),
+        await client.delete(f"{POSTS}/{post_id}", headers=with_if_match(ann, if_match)),
+        await client.patch(f"{USERS}/{ann.id}", json={"name": "New"}, headers=with_if_match(ann, if_match)),
+        await client.delete(f"{USERS}/{ann.id}", headers=with_if_match(ann, if_match)),
+    ):
+        problem = assert_problem(response, 422)
+        assert [error["loc"] for error in problem["errors"]] == [["header", "If-Match"]], problem
+    assert (await read(client, f"{POSTS}/{post_id}")).json()["title"] == "Kept"
+    assert (await read(client, f"{USERS}/{ann.id}")).json()["name"] == ann.name
+
+
 async def test_patching_a_post_without_if_match_proceeds(
     client: httpx.AsyncClient, accounts: Accounts
 ) -> None:

@@ -210,6 +210,33 @@ async def test_sign_up_with_a_password_of_invalid_length_is_422(
     assert await count_rows(database, User) == 0
 
 
+async def test_sign_up_with_a_nul_character_in_the_password_is_422_as_no_login_could_carry_it(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    # The login refuses NUL (auth.service): an account with such a password could never log in.
+    response = await sign_up(client, password="correct\u0000horse")
+
+    errors = assert_validation_error(response)
+    assert [error["loc"] for error in errors] == [["body", "password"]]
+    assert "NUL" in errors[0]["msg"]
+    assert await count_rows(database, User) == 0
+
+
+async def test_changing_the_password_to_one_with_a_nul_character_is_422_and_the_old_one_still_works(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    ann = await accounts.create()
+    response = await client.patch(
+        f"{USERS}/{ann.id}",
+        json={"password": "correct\u0000horse", "current_password": PASSWORD},
+        headers=ann.headers,
+    )
+
+    errors = assert_validation_error(response)
+    assert [error["loc"] for error in errors] == [["body", "password"]]
+    assert (await login(client, ann.email, PASSWORD)).status_code == 200
+
+
 @pytest.mark.parametrize("password", ["p" * 8, "p" * 128], ids=["8-chars", "128-chars"])
 async def test_sign_up_with_a_password_at_a_length_bound_is_201_and_can_log_in(
     client: httpx.AsyncClient, password: str

@@ -3,7 +3,8 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Form, Request, Response, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic.json_schema import SkipJsonSchema
 
 from blogapi.auth import service
 from blogapi.auth.dependencies import Caller, CurrentUser, client_address
@@ -13,6 +14,7 @@ from blogapi.auth.sessions.schemas import RefreshRequest
 from blogapi.config import Settings, SettingsDep
 from blogapi.db import DatabaseDep, SessionDep, utcnow
 from blogapi.errors import ProblemType, error_responses
+from blogapi.validation import WITHOUT_NUL, WithoutNulInWords
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -50,9 +52,18 @@ class LoginForm(BaseModel):
         }
     )
 
-    username: str = Field(description="The account's email address (OAuth2 calls it `username`).")
-    password: str = Field(description="The account's password.", json_schema_extra={"format": "password"})
-    grant_type: Literal["password"] | None = Field(default=None, description="`password` if sent.")
+    # Not empty (a form field sent empty counts as missing) and without NUL (no account's
+    # email or password holds one): the document says so, and generated logins are real ones.
+    username: Annotated[str, StringConstraints(min_length=1, pattern=WITHOUT_NUL), WithoutNulInWords] = Field(
+        description="The account's email address (OAuth2 calls it `username`)."
+    )
+    password: Annotated[str, StringConstraints(min_length=1, pattern=WITHOUT_NUL), WithoutNulInWords] = Field(
+        description="The account's password.", json_schema_extra={"format": "password"}
+    )
+    # Optional but never null: a form has no null, so the document offers none.
+    grant_type: Literal["password"] | SkipJsonSchema[None] = Field(
+        default=None, description="`password` if sent."
+    )
     scope: str = Field(default="", description="Ignored: a token carries no scopes.")
     client_id: str | None = Field(default=None, description="Ignored.")
     client_secret: str | None = Field(default=None, description="Ignored.")

@@ -10,10 +10,12 @@ from pydantic.json_schema import SkipJsonSchema
 from blogapi.users.models import EMAIL_MAX, NAME_MAX
 from blogapi.validation import (
     SINGLE_LINE,
+    WITHOUT_NUL,
     Encodable,
     PartialUpdate,
     SingleLineInWords,
     StripSpaces,
+    WithoutNulInWords,
     in_words,
     is_utf8,
 )
@@ -61,9 +63,21 @@ Email = Annotated[
     BeforeValidator(_normalized),
     in_words("not a valid email address: one @, a domain with a dot, and no spaces or control characters"),
 ]
-Password = Annotated[str, StringConstraints(min_length=PASSWORD_MIN, max_length=PASSWORD_MAX), Encodable]
+# Any characters but NUL, which no login carries to the hasher (auth.service refuses it): a
+# password holding one would lock its account out.
+Password = Annotated[
+    str,
+    StringConstraints(min_length=PASSWORD_MIN, max_length=PASSWORD_MAX, pattern=WITHOUT_NUL),
+    Encodable,
+    WithoutNulInWords,
+]
 # Checked, not set: a password chosen under an older minimum still proves who one is.
-CurrentPassword = Annotated[str, StringConstraints(min_length=1, max_length=PASSWORD_MAX), Encodable]
+CurrentPassword = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=PASSWORD_MAX, pattern=WITHOUT_NUL),
+    Encodable,
+    WithoutNulInWords,
+]
 
 
 class UserCreate(BaseModel):
