@@ -243,9 +243,6 @@ def _join_trigrams(
         query.select_from(joined)
         .join(entity_id.table, entity_id == first.c[row_id.name])
         .where(*(alias.c.trigram == bindparam(f"trigram_{number}") for number, alias in enumerate(aliases)))
-        # Each candidate's row by its primary key: on a small table MariaDB otherwise may
-        # scan it whole and probe the trigrams for every row (seen in the plan test).
-        .with_hint(entity_id.table, "FORCE INDEX (PRIMARY)", dialect_name="mysql")
     )
 
 
