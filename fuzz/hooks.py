@@ -118,7 +118,13 @@ IF_MATCH_OPERATIONS = frozenset(
     }
 )
 CURSOR_OPERATIONS = frozenset(
-    {"GET /api/v1/users", "GET /api/v1/users/{user_id}/posts", "GET /api/v1/posts", "GET /api/v1/tags"}
+    {
+        "GET /api/v1/users",
+        "GET /api/v1/users/{user_id}/posts",
+        "GET /api/v1/posts",
+        "GET /api/v1/tags",
+        "GET /api/v1/users/me/sessions",
+    }
 )
 IDEMPOTENCY_OPERATIONS = frozenset({"POST /api/v1/users", "POST /api/v1/posts"})
 TAGS_AND_IF_MATCH = "PATCH /api/v1/posts/{post_id}"

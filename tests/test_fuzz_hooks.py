@@ -197,3 +197,16 @@ def test_consistent_cases_positive_or_negative_are_all_sent(hooks: ModuleType, s
     assert hooks.filter_case(None, negative) is True
     # A case without metadata (an explicit example) is sent as it is.
     assert hooks.filter_case(None, operation.Case(path_parameters={"post_id": 1})) is True
+
+
+def test_every_list_that_takes_a_cursor_has_its_rejections_judged_by_type(hooks: ModuleType) -> None:
+    """A new keyset list (GET /users/me/sessions was missed once) gets the cursor exemption too."""
+    settings = Settings(database_url="sqlite+aiosqlite:///:memory:", secret_key=TEST_SECRET, _env_file=None)
+    document = create_app(settings).openapi()
+    with_cursor = {
+        f"{method.upper()} {path}"
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if any(parameter["name"] == "cursor" for parameter in operation.get("parameters", []))
+    }
+    assert with_cursor == hooks.CURSOR_OPERATIONS
