@@ -34,7 +34,7 @@ from typing import IO, Any, NoReturn
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-from conftest import PASSWORD, REQUIRED, TEST_SECRET, upgrade
+from conftest import PASSWORD, REQUIRED, TEST_SECRET, database_env, upgrade
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool, QueuePool
@@ -605,7 +605,7 @@ async def serve(
 
 def server_env(database_url: str, **settings: object) -> dict[str, str]:
     env = {
-        "DATABASE_URL": database_url,
+        **database_env(database_url),  # DATABASE_POOLER too, behind the test PgBouncer
         "SECRET_KEY": TEST_SECRET,
         "ENVIRONMENT": "test",
     }
