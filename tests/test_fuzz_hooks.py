@@ -210,3 +210,14 @@ def test_every_list_that_takes_a_cursor_has_its_rejections_judged_by_type(hooks:
         if any(parameter["name"] == "cursor" for parameter in operation.get("parameters", []))
     }
     assert with_cursor == hooks.CURSOR_OPERATIONS
+    # ... and the built-in check lets their 422s through to it (fuzz/schemathesis.toml).
+    import tomllib
+
+    config = tomllib.loads((HOOKS.parent / "schemathesis.toml").read_text())
+    judged = {
+        name
+        for rule in config["operations"]
+        if "422" in rule["checks"]["positive_data_acceptance"]["expected-statuses"]
+        for name in rule["include-name"]
+    }
+    assert with_cursor <= judged
