@@ -53,7 +53,8 @@ _TAG_NAME = select(Tag.name).where(Tag.id == _LINK.c.tag_id).scalar_subquery()
 _TAG_NAMES = (
     select(func.aggregate_strings(_TAG_NAME, ",")).where(_LINK.c.post_id == Post.id).scalar_subquery()
 )
-_POST_VIEW = select(
+# A PostRead's columns of the post itself; the author's name and the tags come beside them.
+_POST_COLUMNS = (
     Post.id,
     Post.title,
     Post.body,
@@ -61,9 +62,10 @@ _POST_VIEW = select(
     Post.updated_at,
     Post.version,
     Post.author_id,
-    User.name.label("author_name"),
-    _TAG_NAMES.label("tag_names"),
-).join(User, User.id == Post.author_id)
+)
+_POST_VIEW = select(*_POST_COLUMNS, User.name.label("author_name"), _TAG_NAMES.label("tag_names")).join(
+    User, User.id == Post.author_id
+)
 # A single post also reads its author's version: its ETag names both (a rename changes it).
 _POST_BY_ID = _POST_VIEW.add_columns(User.version.label("author_version")).where(
     Post.id == bindparam("post_id")
@@ -343,17 +345,9 @@ def _posts_query(
 # The author's name by a correlated lookup, not a join: for a list of ids without a LIMIT,
 # PostgreSQL may hash-join the whole user table (seen in CI's plan test on a grown table).
 _AUTHOR_NAME = select(User.name).where(User.id == Post.author_id).scalar_subquery()
-_POSTS_AMONG = select(
-    Post.id,
-    Post.title,
-    Post.body,
-    Post.created_at,
-    Post.updated_at,
-    Post.version,
-    Post.author_id,
-    _AUTHOR_NAME.label("author_name"),
-    _TAG_NAMES.label("tag_names"),
-).where(Post.id.in_(bindparam("ids", expanding=True)))
+_POSTS_AMONG = select(*_POST_COLUMNS, _AUTHOR_NAME.label("author_name"), _TAG_NAMES.label("tag_names")).where(
+    Post.id.in_(bindparam("ids", expanding=True))
+)
 _TAGGED_AMONG = select(post_tag.c.post_id).where(
     post_tag.c.tag_id == _TAG_ID, post_tag.c.post_id.in_(bindparam("ids", expanding=True))
 )
