@@ -480,3 +480,32 @@ async def test_the_tags_and_posts_pages_list_what_the_api_lists(
     assert f'href="/admin/posts/{post["id"]}"' in by_author.text
     bad_cursor = await client.get("/admin/posts", params={"cursor": "nonsense"})
     assert bad_cursor.status_code == 422
+
+
+async def test_hostile_text_in_searches_and_forms_is_refused_without_a_server_error(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    await logged_in_admin(accounts, client)
+    user = await accounts.create()
+    post = await create_post(client, user, [])
+    for path, params in (
+        ("/admin/users", {"q": "a\x00@example.com"}),
+        ("/admin/users", {"q": "x" * 1000}),
+        ("/admin/posts", {"q": "\x00"}),
+        ("/admin/posts", {"tag": "a\x00"}),
+        ("/admin/posts", {"author": "0"}),
+    ):
+        assert (await client.get(path, params=params)).status_code == 422, (path, params)
+    user_path, post_path = f"/admin/users/{user.id}", f"/admin/posts/{post['id']}"
+    for page, action, fields in (
+        (user_path, user_path, {"name": "nul\x00", "email": user.email}),
+        (user_path, user_path, {"name": user.name, "email": "not an email"}),
+        (user_path, user_path, {"name": user.name, "email": user.email, "password": "short"}),
+        (post_path, post_path, {"title": "", "body": "", "tags": ""}),
+        (post_path, post_path, {"title": "t", "body": "\x00", "tags": ""}),
+    ):
+        response = await submit(client, page, action, **fields)
+        assert response.status_code == 422, (action, fields, response.text)
+    assert (await client.get(f"/api/v1/users/{user.id}", headers=user.headers)).json()["name"] == user.name
+    for path in ("/admin/users/0", "/admin/posts/99999999999999999999"):
+        assert (await client.get(path)).status_code == 422

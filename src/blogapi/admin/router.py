@@ -35,6 +35,7 @@ from blogapi.preconditions import etag
 from blogapi.users import service as users_service
 from blogapi.users.models import NAME_MAX
 from blogapi.users.schemas import UserUpdate
+from blogapi.validation import SINGLE_LINE
 
 PAGE_SIZE = 50
 NOT_AN_ADMIN = "this account is not an admin"
@@ -50,7 +51,8 @@ router = APIRouter(prefix=security.PREFIX, include_in_schema=False)
 
 UserId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
 PostId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
-SearchQuery = Annotated[str, Query(max_length=NAME_MAX)]
+# One line of text, as the API's `q`: no NUL nor control characters for a database to refuse.
+SearchQuery = Annotated[str, Query(max_length=NAME_MAX, pattern=SINGLE_LINE)]
 CursorQuery = Annotated[str | None, Query(max_length=1000)]
 
 
