@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from http.cookies import SimpleCookie
+from typing import Any
 
 import httpx
 import pytest
@@ -509,3 +510,35 @@ async def test_hostile_text_in_searches_and_forms_is_refused_without_a_server_er
     assert (await client.get(f"/api/v1/users/{user.id}", headers=user.headers)).json()["name"] == user.name
     for path in ("/admin/users/0", "/admin/posts/99999999999999999999"):
         assert (await client.get(path)).status_code == 422
+
+
+async def test_an_admin_disabled_while_logged_in_is_sent_back_to_the_login_form(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    admin = await logged_in_admin(accounts, client)
+    other_admin = await accounts.create(admin=True)
+    disabled = await client.patch(
+        f"/api/v1/users/{admin.id}", json={"is_active": False}, headers=other_admin.headers
+    )
+    assert disabled.status_code == 200, disabled.text
+    response = await client.get("/admin/users")
+    assert response.status_code == 303
+    assert response.headers["location"] == "/admin/login"
+
+
+async def test_changing_ones_own_email_after_the_recent_login_window_needs_the_current_password(
+    client: httpx.AsyncClient, accounts: Accounts, app_and_client: tuple[Any, httpx.AsyncClient]
+) -> None:
+    admin = await logged_in_admin(accounts, client)
+    app_and_client[0].state.settings.recent_login_minutes = 0  # every login is too old now
+    path = f"/admin/users/{admin.id}"
+    fields = {"name": admin.name, "email": "renamed@example.com", "is_active": "on"}
+    without = await submit(client, path, path, **fields)
+    assert without.status_code == 403
+    assert "current_password" in without.text
+    wrong = await submit(client, path, path, **fields, current_password="not it")
+    assert wrong.status_code == 403
+    right = await submit(client, path, path, **fields, current_password=PASSWORD)
+    assert right.status_code == 303, right.text
+    me = await client.get(f"/api/v1/users/{admin.id}", headers=admin.headers)
+    assert me.json()["email"] == "renamed@example.com"

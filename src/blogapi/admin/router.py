@@ -333,6 +333,8 @@ async def edit_user(
             changes[name] = fields[name]
     if fields.get("password"):
         changes["password"] = fields["password"]
+    if fields.get("current_password"):  # one's own email or password, past a recent login
+        changes["current_password"] = fields["current_password"]
     is_active = fields.get("is_active") == "on"
     if is_active != user.is_active:
         changes["is_active"] = is_active
