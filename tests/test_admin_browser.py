@@ -281,7 +281,9 @@ async def test_an_admin_promotes_a_user_and_retags_a_post_and_forged_or_non_admi
     assert all(cookie["httpOnly"] for cookie in cookies.values())
     assert await page.evaluate("document.cookie") == ""  # no script could read the session
     await page.get_by_label("Name or email").fill("rita")
+    # Every user is listed before the search too: wait for the search's own page.
     await page.get_by_role("button", name="Search").click()
+    await page.wait_for_url(f"{origin}/admin/users?q=rita")
     await page.get_by_role("link", name="Rita Reader").wait_for()
     assert await page.locator("tbody tr").count() == 1
     await admin.screenshot(page, "user-found")
@@ -297,6 +299,7 @@ async def test_an_admin_promotes_a_user_and_retags_a_post_and_forged_or_non_admi
     await page.get_by_role("link", name="Posts", exact=True).click()
     await page.get_by_label("Title").fill("browser")
     await page.get_by_role("button", name="Search").click()
+    await page.wait_for_url(f"{origin}/admin/posts?q=browser&tag=")
     await page.get_by_role("link", name="Browser post").click()
     await page.get_by_label("Tags (separated by commas or spaces)").fill("Python, FastAPI python  Ünïcode")
     await page.get_by_role("button", name="Save").click()
