@@ -542,3 +542,41 @@ async def test_changing_ones_own_email_after_the_recent_login_window_needs_the_c
     assert right.status_code == 303, right.text
     me = await client.get(f"/api/v1/users/{admin.id}", headers=admin.headers)
     assert me.json()["email"] == "renamed@example.com"
+
+
+async def test_text_from_users_is_escaped_in_the_pages(client: httpx.AsyncClient, accounts: Accounts) -> None:
+    await logged_in_admin(accounts, client)
+    user = await accounts.create('<img src=x onerror="alert(1)">')
+    post = await create_post(client, user, [])
+    for path in ("/admin/users", f"/admin/users/{user.id}", "/admin/posts", f"/admin/posts/{post['id']}"):
+        page = await client.get(path)
+        assert "<img" not in page.text, path
+        assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;" in page.text, path
+
+
+async def test_the_lists_page_on_with_the_apis_cursors(
+    client: httpx.AsyncClient, accounts: Accounts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("blogapi.admin.router.PAGE_SIZE", 2)
+    await logged_in_admin(accounts, client)
+    author = await accounts.create()
+    await accounts.create()
+    for _ in range(3):
+        await create_post(client, author, [])
+    author_query = f"/admin/posts?author={author.id}"
+    for path, query in (
+        ("/admin/users", "/admin/users"),
+        ("/admin/posts", "/admin/posts"),
+        ("/admin/posts", author_query),
+    ):
+        first = await client.get(query)
+        rows = re.findall(rf'<td><a href="({path}/\d+)">', first.text)
+        assert len(rows) == 2, first.text
+        next_link = re.search(r'<a href="([^"]+)">Next page</a>', first.text)
+        assert next_link is not None, first.text
+        second = await client.get(next_link.group(1).replace("&amp;", "&"))
+        assert second.status_code == 200, second.text
+        rows += re.findall(rf'<td><a href="({path}/\d+)">', second.text)
+        assert len(set(rows)) == 3, rows
+        assert "Next page" not in second.text
+        assert query == path or f"author={author.id}" in next_link.group(1)

@@ -12,13 +12,13 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from blogapi.admin.router import AdminRefused, admin_refused, router
+from blogapi.admin import router as pages
 from blogapi.admin.security import PREFIX
 
 
 def install(app: FastAPI) -> None:
-    app.include_router(router)
+    app.include_router(pages.router)
     app.mount(
         f"{PREFIX}/static", StaticFiles(directory=Path(__file__).parent / "static"), name="admin-static"
     )
-    app.add_exception_handler(AdminRefused, admin_refused)
+    app.add_exception_handler(pages.AdminRefused, pages.admin_refused)
