@@ -115,6 +115,8 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = None
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_host: str = "127.0.0.1"
+    # The admin console at /admin (README, "Admin console"): a 404 unless enabled.
+    admin_enabled: bool = False
 
     @field_validator("database_url")
     @classmethod

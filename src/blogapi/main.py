@@ -93,6 +93,10 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     for router in (posts_router, users_router, auth_router, sessions_router):
         app.include_router(router, prefix=API_PREFIX, responses=error_responses(503))
     app.include_router(health.router)
+    if settings.admin_enabled:
+        from blogapi import admin  # Jinja2 and the templates load only for a console that is on
+
+        admin.install(app)
     install_docs(app)
     install_error_handlers(app)
 
