@@ -342,6 +342,18 @@ async def test_a_replica_that_goes_down_between_checks_is_skipped_at_the_next_re
         assert app.database.read_engine.replicas[0].state == "down"
 
 
+async def test_a_token_whose_login_the_replica_has_not_replayed_is_accepted(
+    replicated: ReplicatedFactory, replica_url: str
+) -> None:
+    async with replicated(read_max_lag_seconds=3600) as app:
+        ann = await app.accounts.create()
+        async with replay_paused(replica_url):
+            token = await app.accounts.login(ann.email)
+            me = await app.client.get(f"{API}/users/me", headers={"Authorization": f"Bearer {token}"})
+        assert me.status_code == 200, me.text
+        assert me.json()["id"] == ann.id
+
+
 async def test_a_malformed_commit_lsn_is_read_as_none_was_sent(replicated: ReplicatedFactory) -> None:
     async with replicated() as app:
         ann = await app.accounts.create()
