@@ -3,8 +3,9 @@
 #
 # start makes the replica on first use (`pg_basebackup -R` from the primary into
 # $REPLICA_DIR: a physical copy that streams the primary's WAL), then starts it as a second
-# cluster on $REPLICA_PORT and waits until it accepts connections in recovery. It is
-# idempotent: a running replica is left alone, an existing data directory is reused.
+# cluster on $REPLICA_PORT and waits until it streams. It is idempotent: a running replica
+# is left alone, an existing data directory is reused (and made anew if it can no longer
+# catch up: there is no replication slot, so the primary keeps no WAL for a stopped copy).
 # stop shuts it down (fast: running queries are cancelled) and keeps its data; destroy
 # stops it and removes its data directory. blogapi reads from it with
 # READ_DATABASE_URL=postgresql://USER@127.0.0.1:$REPLICA_PORT/DB (docs/scaling.md).
@@ -91,24 +92,44 @@ host all all 127.0.0.1/32 trust
 EOF
 }
 
-start() {
-    if running; then
-        echo "replica already running on 127.0.0.1:$port ($dir)"
-        return 0
-    fi
-    if [ ! -f "$dir/PG_VERSION" ]; then
-        create
-    fi
+on_replica() {  # on_replica SQL: one value
+    as_owner "$bin/psql" -X -Atq -h 127.0.0.1 -p "$port" -U "$replication_user" -d postgres -c "$1" 2>/dev/null
+}
+
+launch() {  # start the cluster in $dir; 0 once it streams from the primary
     as_owner "$bin/pg_ctl" -D "$dir" -l "$dir/postgresql.log" -w -t 60 start >/dev/null
-    for _ in $(seq 100); do
-        if [ "$(as_owner "$bin/psql" -X -Atq -h 127.0.0.1 -p "$port" -U "$replication_user" -d postgres \
-            -c 'SELECT pg_is_in_recovery()' 2>/dev/null)" = t ]; then
+    for _ in $(seq 150); do
+        if [ "$(on_replica 'SELECT status FROM pg_stat_wal_receiver')" = streaming ]; then
             echo "replica on 127.0.0.1:$port streaming from $primary_host:$primary_port ($dir)"
             return 0
         fi
         sleep 0.1
     done
-    echo "the replica did not come up; its log ($dir/postgresql.log):" >&2
+    return 1
+}
+
+start() {
+    if running; then
+        echo "replica already running on 127.0.0.1:$port ($dir)"
+        return 0
+    fi
+    local fresh=no
+    if [ ! -f "$dir/PG_VERSION" ]; then
+        create
+        fresh=yes
+    fi
+    if launch; then return 0; fi
+    if [ "$fresh" = no ]; then
+        # A copy stopped long ago may need WAL the primary no longer keeps (no replication
+        # slot, so that a forgotten replica never fills the primary's disk): make it anew.
+        echo "the existing replica in $dir does not stream (its log follows); copying the primary anew" >&2
+        tail -n 5 "$dir/postgresql.log" >&2 || true
+        stop
+        rm -rf "$dir"
+        create
+        if launch; then return 0; fi
+    fi
+    echo "the replica does not stream from the primary; its log ($dir/postgresql.log):" >&2
     tail -n 20 "$dir/postgresql.log" >&2 || true
     return 1
 }

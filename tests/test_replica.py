@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,6 +35,7 @@ pytestmark = [
 ]
 
 API = "/api/v1"
+SCRIPT = Path(__file__).parents[1] / "deploy" / "replica.sh"
 REPLICA_PORT = int(os.environ.get("BLOGAPI_TEST_REPLICA_PORT", "5433"))
 
 
@@ -328,6 +331,42 @@ async def test_a_replica_that_is_down_is_skipped_without_an_error_and_readiness_
         assert health["replicas"] == [{"address": address, "state": "down"}]  # no lag known
 
 
+def _script(command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SCRIPT), command],
+        env=os.environ | {"REPLICA_PORT": str(REPLICA_PORT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_a_replica_stopped_under_reads_fails_no_read_and_readiness_says_so(
+    replicated: ReplicatedFactory,
+) -> None:
+    async with replicated() as app:
+        ann = await app.accounts.create()
+        write = await _post(app, ann, "outlives the replica")
+        for _ in range(5):  # pooled connections to the replica, about to be cut
+            assert (await app.client.get(write.headers["location"], headers=_seen(write))).status_code == 200
+        stopped = await asyncio.to_thread(_script, "stop")
+        try:
+            assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+            statuses = [
+                (await app.client.get(write.headers["location"], headers=headers)).status_code
+                for headers in (_seen(write), {}) * 10
+            ]
+            await app.database.read_engine.check()
+            health = await app.health()
+        finally:
+            started = await asyncio.to_thread(_script, "start")
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert statuses == [200] * 20
+        assert health["status"] == "ok"
+        assert health["replicas"][0]["state"] == "down"
+
+
 async def test_a_replica_that_goes_down_between_checks_is_skipped_at_the_next_read(
     replicated: ReplicatedFactory, database_url: str
 ) -> None:
@@ -369,3 +408,29 @@ async def test_readiness_without_replicas_has_no_replica_field(client: httpx.Asy
     response = await client.get("/health/ready")
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
+
+
+# Settings.
+
+
+def test_read_database_url_takes_comma_separated_replicas_with_the_async_driver() -> None:
+    settings = Settings(
+        database_url="postgresql://root@primary/blogapi",
+        read_database_url="postgres://root@replica1/blogapi, postgresql://root@replica2:5433/blogapi",
+        _env_file=None,
+    )
+    assert settings.read_database_url == [
+        "postgresql+asyncpg://root@replica1/blogapi",
+        "postgresql+asyncpg://root@replica2:5433/blogapi",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("primary", "replica"),
+    [("sqlite+aiosqlite:///blogapi.db", "postgresql://r/db"), ("postgresql://p/db", "mysql://r/db")],
+)
+def test_read_database_url_is_refused_unless_primary_and_replicas_are_postgresql(
+    primary: str, replica: str
+) -> None:
+    with pytest.raises(ValueError, match="READ_DATABASE_URL needs PostgreSQL"):
+        Settings(database_url=primary, read_database_url=replica, _env_file=None)
