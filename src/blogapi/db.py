@@ -17,7 +17,7 @@ import unicodedata
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from contextvars import ContextVar
+from contextvars import Context, ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -636,7 +636,10 @@ class ReadEngine:
             after = None if route is None else route.after_lsn
             for replica in self._healthy():
                 try:
-                    connection = await _started(replica.engine.connect())
+                    # A replica host that went silent (no refusal) would hold the read for the
+                    # driver's connect timeout (60 s): the monitor gives up after a second too.
+                    async with asyncio.timeout(_CHECK_SECONDS):
+                        connection = await _started(replica.engine.connect())
                 except (DBAPIError, OSError, TimeoutError) as error:
                     logger.warning(
                         "replica %s unreachable, reading on the primary: %s", replica.address, error
@@ -684,11 +687,17 @@ class ReadEngine:
         monitor = self._monitor
         if monitor is not None and not monitor.done() and monitor.get_loop() is asyncio.get_running_loop():
             return
-        self._monitor = asyncio.get_running_loop().create_task(self._watch(), name="blogapi-replica-monitor")
+        # A context of its own, not the request's that may start it (its id in the logs).
+        self._monitor = asyncio.get_running_loop().create_task(
+            self._watch(), name="blogapi-replica-monitor", context=Context()
+        )
 
     async def _watch(self) -> None:
         while True:
-            await self.check()
+            try:
+                await self.check()
+            except Exception:
+                logger.exception("checking the replicas failed; trying again in a second")
             await asyncio.sleep(_CHECK_SECONDS)
 
     async def check(self) -> None:

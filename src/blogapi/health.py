@@ -31,6 +31,9 @@ class ReplicaHealth(BaseModel):
 
 class Health(BaseModel):
     status: str
+
+
+class Readiness(Health):
     replicas: list[ReplicaHealth] | None = None
     """With READ_DATABASE_URL only: each read replica's state."""
 
@@ -81,7 +84,7 @@ async def live() -> Health:
 
 
 @router.get("/ready", responses=error_responses(503), response_model_exclude_none=True)
-async def ready(request: Request) -> Health:
+async def ready(request: Request) -> Readiness:
     """The database answers, and its schema is the one this version of blogapi needs.
 
     With read replicas, their states too: a replica down or lagging is no reason to stop
@@ -100,10 +103,10 @@ async def ready(request: Request) -> Health:
         logger.warning("not ready: %s", reason)
         raise ServiceUnavailable(reason)
     if not database.read_engine.replicas:
-        return Health(status="ok")
+        return Readiness(status="ok")
     database.read_engine.watch()
     replicas = [
         ReplicaHealth(address=replica.address, state=replica.state, lag_seconds=replica.lag_seconds)
         for replica in database.read_engine.replicas
     ]
-    return Health(status="ok", replicas=replicas)
+    return Readiness(status="ok", replicas=replicas)

@@ -61,6 +61,8 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.database = database or Database.from_settings(settings)
+        if app.state.database.read_engine.replicas:
+            app.state.database.read_engine.watch()  # replicas are used once checked
         try:
             async with observe.running(app, app.state.database):
                 yield
