@@ -450,3 +450,18 @@ def test_read_database_url_is_refused_unless_primary_and_replicas_are_postgresql
 ) -> None:
     with pytest.raises(ValueError, match="READ_DATABASE_URL needs PostgreSQL"):
         Settings(database_url=primary, read_database_url=replica, _env_file=None)
+
+
+def test_read_database_url_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://root@primary/blogapi")
+    monkeypatch.setenv(
+        "READ_DATABASE_URL", "postgresql://root@replica1/blogapi,postgresql://root@replica2/blogapi"
+    )
+    monkeypatch.setenv("READ_MAX_LAG_SECONDS", "2.5")
+    settings = Settings(_env_file=None)
+    assert settings.read_database_url == [
+        "postgresql+asyncpg://root@replica1/blogapi",
+        "postgresql+asyncpg://root@replica2/blogapi",
+    ]
+    assert settings.read_max_lag_seconds == 2.5
+    assert Settings(_env_file=None, read_database_url=[]).read_database_url == []
