@@ -379,6 +379,25 @@ async def test_a_replica_that_goes_down_between_checks_is_skipped_at_the_next_re
         assert app.database.read_engine.replicas[0].state == "down"
 
 
+async def test_reads_take_turns_on_the_healthy_replicas_and_skip_one_that_is_down(
+    replicated: ReplicatedFactory, replica_url: str, database_url: str
+) -> None:
+    down = make_url(database_url).set(port=_closed_port()).render_as_string(hide_password=False)
+    async with replicated([replica_url, down, replica_url]) as app:
+        assert [replica.state for replica in app.database.read_engine.replicas] == [
+            "streaming",
+            "down",
+            "streaming",
+        ]
+        served: list[list[str]] = []
+        for replica in app.database.read_engine.replicas:
+            served.append([])
+            event.listen(replica.engine.sync_engine, "before_cursor_execute", _recorder(served[-1]))
+        listed = [(await app.client.get(f"{API}/posts")).status_code for _ in range(10)]
+        assert listed == [200] * 10
+        assert [sum("FROM post" in statement for statement in reads) for reads in served] == [5, 0, 5]
+
+
 async def test_a_token_whose_login_the_replica_has_not_replayed_is_accepted(
     replicated: ReplicatedFactory, replica_url: str
 ) -> None:
