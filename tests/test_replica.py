@@ -410,6 +410,24 @@ async def test_a_token_whose_login_the_replica_has_not_replayed_is_accepted(
         assert me.json()["id"] == ann.id
 
 
+async def test_a_logout_the_replica_has_not_replayed_still_ends_the_session_at_once(
+    replicated: ReplicatedFactory, replica_url: str
+) -> None:
+    async with replicated(read_max_lag_seconds=3600) as app:
+        ann = await app.accounts.create()
+        token = await app.accounts.login(ann.email)
+        bearer = {"Authorization": f"Bearer {token}"}
+        assert (await app.client.get(f"{API}/users/me", headers=bearer)).status_code == 200
+        async with replay_paused(replica_url):
+            logout = await app.client.post(f"{API}/auth/logout", headers=bearer)
+            assert logout.status_code == 204, logout.text
+            # The replica still holds the session as open; the verdict is the primary's.
+            me = await app.client.get(f"{API}/users/me", headers=bearer)
+            posts = await app.client.get(f"{API}/users/me/sessions", headers=bearer)
+        assert me.status_code == 401, me.text
+        assert posts.status_code == 401, posts.text
+
+
 async def test_a_replica_host_that_went_silent_is_skipped_at_the_next_read(
     replicated: ReplicatedFactory, database_url: str
 ) -> None:
