@@ -206,7 +206,9 @@ class App:
         created_at, post_id = decode_cursor(query.get("cursor"))
         rows = await self.pool.fetch(sql, created_at, post_id, limit + 1, *extra)
         next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-        return {"items": [post_json(row) for row in rows[:limit]], "next_cursor": next_cursor}
+        # blogapi's page says whether a search walk was capped; an unsearched list never is.
+        page = {"items": [post_json(row) for row in rows[:limit]], "next_cursor": next_cursor}
+        return {**page, "search_capped": False}
 
     async def user_posts(self, user_id: int, query: dict[str, str]) -> tuple[int, Any]:
         assert self.pool is not None

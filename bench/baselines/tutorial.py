@@ -15,7 +15,8 @@ endpoints the benchmark calls with blogapi's JSON shapes. What had to change to 
   columns are NOT NULL without a server default, so the models name them: a post's
   `title_folded` (blogapi's search copy of the title, folded as raw.py folds it) and a
   link's `created_at`. The tags' `post_count` is left alone (the runner recounts it).
-- `/health/ready`, page envelopes with a (plain, unsigned) cursor and POST's `author_id`
+- `/health/ready`, page envelopes with a (plain, unsigned) cursor and `search_capped: false`
+  (as blogapi's unsearched pages) and POST's `author_id`
   in the body (no auth) exist for the benchmark.
 
 echo=True logs every statement to stdout: run it with stdout sent to a file or /dev/null.
@@ -135,6 +136,7 @@ class PostOut(BaseModel):
 class PostPage(BaseModel):
     items: list[PostOut]
     next_cursor: str | None
+    search_capped: bool = False  # blogapi's page says it (issue 16's search); never capped here
 
 
 class PostCreate(BaseModel):
