@@ -174,7 +174,9 @@ class App:
                 case "GET", ["posts", post_id]:
                     return await self.read_post(path_id(post_id))
                 case "GET", ["posts"]:
-                    return 200, await self.page(SQL_POSTS_PAGE, query)
+                    # GET /posts says whether a search walk was capped (blogapi's
+                    # SearchPage); without ?q= it never is.
+                    return 200, {**await self.page(SQL_POSTS_PAGE, query), "search_capped": False}
                 case "POST", ["posts"]:
                     return await self.create_post(await read_body(receive))
                 case "GET", ["users", user_id]:
@@ -206,9 +208,7 @@ class App:
         created_at, post_id = decode_cursor(query.get("cursor"))
         rows = await self.pool.fetch(sql, created_at, post_id, limit + 1, *extra)
         next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-        # blogapi's page says whether a search walk was capped; an unsearched list never is.
-        page = {"items": [post_json(row) for row in rows[:limit]], "next_cursor": next_cursor}
-        return {**page, "search_capped": False}
+        return {"items": [post_json(row) for row in rows[:limit]], "next_cursor": next_cursor}
 
     async def user_posts(self, user_id: int, query: dict[str, str]) -> tuple[int, Any]:
         assert self.pool is not None
