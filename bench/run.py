@@ -1495,7 +1495,8 @@ async def _explain_lists(dataset: Dataset, paths: dict[str, str], secret_key: st
         secret_key=secret_key,
         statement_timeout_ms=EXPLAIN_LIMIT_SECONDS * 1000,
     )
-    tables = re.compile(r'\b(FROM|JOIN)\s+[`"]?(post|post_tag|tag|user)\b', re.IGNORECASE)
+    # STRAIGHT_JOIN too: MariaDB's text index lookup reaches post (or user) by one (search.py).
+    tables = re.compile(r'\b(FROM|JOIN|STRAIGHT_JOIN)\s+[`"]?(post|post_tag|tag|user)\b', re.IGNORECASE)
     plans: dict[str, Any] = {}
     event.listen(Engine, "before_cursor_execute", capture)
     try:
