@@ -227,6 +227,7 @@ class App:
             "name": row["name"],
             "email": None,
             "is_admin": row["is_admin"],
+            "is_active": None,  # shown only to the user themself and to admins
             "created_at": iso(row["created_at"]),
             "updated_at": iso(row["updated_at"]),
         }

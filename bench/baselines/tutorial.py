@@ -154,6 +154,7 @@ class UserOut(BaseModel):
     name: str
     email: str | None
     is_admin: bool
+    is_active: bool | None = None  # shown only to the user themself and to admins
     created_at: datetime
     updated_at: datetime
 
