@@ -174,7 +174,9 @@ class App:
                 case "GET", ["posts", post_id]:
                     return await self.read_post(path_id(post_id))
                 case "GET", ["posts"]:
-                    return 200, await self.page(SQL_POSTS_PAGE, query)
+                    # GET /posts says whether a search walk was capped (blogapi's
+                    # SearchPage); without ?q= it never is.
+                    return 200, {**await self.page(SQL_POSTS_PAGE, query), "search_capped": False}
                 case "POST", ["posts"]:
                     return await self.create_post(await read_body(receive))
                 case "GET", ["users", user_id]:
@@ -225,6 +227,7 @@ class App:
             "name": row["name"],
             "email": None,
             "is_admin": row["is_admin"],
+            "is_active": None,  # shown only to the user themself and to admins
             "created_at": iso(row["created_at"]),
             "updated_at": iso(row["updated_at"]),
         }

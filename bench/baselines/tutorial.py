@@ -15,8 +15,9 @@ endpoints the benchmark calls with blogapi's JSON shapes. What had to change to 
   columns are NOT NULL without a server default, so the models name them: a post's
   `title_folded` (blogapi's search copy of the title, folded as raw.py folds it) and a
   link's `created_at`. The tags' `post_count` is left alone (the runner recounts it).
-- `/health/ready`, page envelopes with a (plain, unsigned) cursor and POST's `author_id`
-  in the body (no auth) exist for the benchmark.
+- `/health/ready`, page envelopes with a (plain, unsigned) cursor (and on `/posts`
+  `search_capped: false`, as blogapi's unsearched pages) and POST's `author_id` in the
+  body (no auth) exist for the benchmark.
 
 echo=True logs every statement to stdout: run it with stdout sent to a file or /dev/null.
 """
@@ -137,6 +138,10 @@ class PostPage(BaseModel):
     next_cursor: str | None
 
 
+class SearchPostPage(PostPage):
+    search_capped: bool = False  # GET /posts says it in blogapi (its search); never capped here
+
+
 class PostCreate(BaseModel):
     title: str
     body: str = ""
@@ -149,6 +154,7 @@ class UserOut(BaseModel):
     name: str
     email: str | None
     is_admin: bool
+    is_active: bool | None = None  # shown only to the user themself and to admins
     created_at: datetime
     updated_at: datetime
 
@@ -203,7 +209,7 @@ async def create_post(post: PostCreate, db: AsyncSession = Depends(get_db)):  # 
     return new_post
 
 
-@app.get("/api/v1/posts", response_model=PostPage)
+@app.get("/api/v1/posts", response_model=SearchPostPage)
 async def list_posts(
     limit: int = Query(20, ge=1, le=100),
     cursor: str | None = None,

@@ -27,7 +27,9 @@ continues the walk where it stopped.
 What a lookup costs: PostgreSQL's GIN scan reads the posting lists of the term's trigrams;
 MariaDB reads the rows of the term's rarest trigram (of at most PROBE_TRIGRAMS_MAX) and
 checks each of the others by primary key. A term made only of common trigrams (`the
-and`) may cost in proportion to them, though it matches little. Measured at 200,000 posts
+and`, `ter ing`) may cost in proportion to them, though it matches little: the cap counts
+matches, not candidates, so only the statement time limit bounds such a lookup (README,
+*Searching at scale*; bench/RESULTS.md measures one as `q_trigrams`). Measured at 200,000 posts
 (PostgreSQL) and 100,000 (MariaDB), cap 1000, on a busy 2-core machine (best of 8): an
 absent or rare term 0.3-3.5 ms; a 1-2 character term 2-5 ms; a term with more matches
 than the cap (looked up, then walked) 17-31 ms, which the cap bounds.
@@ -36,6 +38,7 @@ than the cap (looked up, then walked) 17-31 ms, which the cap bounds.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -46,6 +49,7 @@ from sqlalchemy import (
     ColumnElement,
     ForeignKey,
     FromClause,
+    Join,
     MetaData,
     Table,
     bindparam,
@@ -178,40 +182,57 @@ def _fts_phrase(folded: str) -> str:
     return '"' + folded.replace('"', '""') + '"'
 
 
+@dataclass(frozen=True, eq=False)  # compared by identity: columns make expressions of ==
+class _Searched:
+    """What a text index lookup reads, for posts' titles or users' names."""
+
+    columns: tuple[Any, ...]
+    folded: Any
+    fts: str
+    trigram_table: Table
+    trigram_row_id: Column[int]
+    row_id: Any
+
+
+_POSTS = _Searched(
+    (Post.id, Post.created_at, Post.author_id),
+    Post.title_folded,
+    POST_TITLE_FTS,
+    post_title_trigram,
+    post_title_trigram.c.post_id,
+    Post.id,
+)
+_USERS = _Searched(
+    (User.id,), User.name_folded, USER_NAME_FTS, user_name_trigram, user_name_trigram.c.user_id, User.id
+)
+
+
 @cache
-def _post_probe(dialect: str, trigram_count: int) -> AnySelect:
-    query: AnySelect = select(Post.id, Post.created_at, Post.author_id).where(
-        Post.title_folded.like(bindparam("pattern"), escape=LIKE_ESCAPE)
+def _probe(searched: _Searched, dialect: str, trigram_count: int) -> AnySelect:
+    query: AnySelect = select(*searched.columns).where(
+        searched.folded.like(bindparam("pattern"), escape=LIKE_ESCAPE)
     )
     if dialect == "sqlite":
         query = query.where(
-            Post.id.in_(
+            searched.row_id.in_(
                 select(literal_column("rowid"))
-                .select_from(table(POST_TITLE_FTS))
-                .where(literal_column(POST_TITLE_FTS).op("MATCH")(bindparam("phrase")))
+                .select_from(table(searched.fts))
+                .where(literal_column(searched.fts).op("MATCH")(bindparam("phrase")))
             )
         )
     elif dialect == "mysql":
         query = _join_trigrams(
-            query, post_title_trigram, post_title_trigram.c.post_id, Post.id, trigram_count
+            query, searched.trigram_table, searched.trigram_row_id, searched.row_id, trigram_count
         )
     return _limited(query, dialect)
 
 
-@cache
+def _post_probe(dialect: str, trigram_count: int) -> AnySelect:
+    return _probe(_POSTS, dialect, trigram_count)
+
+
 def _user_probe(dialect: str, trigram_count: int) -> AnySelect:
-    query: AnySelect = select(User.id).where(User.name_folded.like(bindparam("pattern"), escape=LIKE_ESCAPE))
-    if dialect == "sqlite":
-        query = query.where(
-            User.id.in_(
-                select(literal_column("rowid"))
-                .select_from(table(USER_NAME_FTS))
-                .where(literal_column(USER_NAME_FTS).op("MATCH")(bindparam("phrase")))
-            )
-        )
-    elif dialect == "mysql":
-        query = _join_trigrams(query, user_name_trigram, user_name_trigram.c.user_id, User.id, trigram_count)
-    return _limited(query, dialect)
+    return _probe(_USERS, dialect, trigram_count)
 
 
 def _limited(query: AnySelect, dialect: str) -> AnySelect:
@@ -228,21 +249,42 @@ def _limited(query: AnySelect, dialect: str) -> AnySelect:
     return select(*matches.c).limit(bindparam("cap"))
 
 
+class _StraightJoin(Join):
+    """An inner join whose right side MariaDB must read after every table of its left side
+    (`STRAIGHT_JOIN` as a join operator); a plain `JOIN` elsewhere. The order within the
+    left side stays the optimizer's."""
+
+    inherit_cache = True
+
+
+@compiles(_StraightJoin, "mysql")
+@compiles(_StraightJoin, "mariadb")
+def _compile_straight_join(element: _StraightJoin, compiler: SQLCompiler, **kw: Any) -> str:
+    kw.pop("asfrom", None)
+    from_linter = kw.get("from_linter")
+    if from_linter is not None:
+        from_linter.edges.add((element.left, element.right))
+    left = compiler.process(element.left, asfrom=True, **kw)
+    right = compiler.process(element.right, asfrom=True, **kw)
+    assert element.onclause is not None  # _join_trigrams builds it with one
+    return f"{left} STRAIGHT_JOIN {right} ON {compiler.process(element.onclause, **kw)}"
+
+
 def _join_trigrams(
     query: AnySelect, table: Table, row_id: Column[int], entity_id: Any, count: int
 ) -> AnySelect:
-    """The rows holding all `count` trigrams: MariaDB drives the join from the rarest one
-    (it estimates each equality range of the primary key by diving into it), and finds each
-    of the others by primary key."""
+    """The rows holding all `count` trigrams, trigrams first: MariaDB drives the join from
+    the rarest one (it estimates each equality range of the primary key by diving into it)
+    and finds each of the others by primary key; then, and only then (`STRAIGHT_JOIN`), each
+    candidate's row by primary key. Left free, on a small table it may start from the
+    table, a full scan, whatever the term."""
     aliases = [table.alias(f"g{number}") for number in range(count)]
     first = aliases[0]
     joined: FromClause = first
     for alias in aliases[1:]:
         joined = joined.join(alias, alias.c[row_id.name] == first.c[row_id.name])
-    return (
-        query.select_from(joined)
-        .join(entity_id.table, entity_id == first.c[row_id.name])
-        .where(*(alias.c.trigram == bindparam(f"trigram_{number}") for number, alias in enumerate(aliases)))
+    return query.select_from(_StraightJoin(joined, entity_id.table, entity_id == first.c[row_id.name])).where(
+        *(alias.c.trigram == bindparam(f"trigram_{number}") for number, alias in enumerate(aliases))
     )
 
 
