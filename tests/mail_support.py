@@ -24,13 +24,16 @@ class Inbox:
 
     def __init__(self) -> None:
         self.messages: list[EmailMessage] = []
+        self.authenticated: list[bool] = []
+        """Per message, whether its sender had logged in (AUTH)."""
         self._lock = threading.Lock()
 
-    async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:  # noqa: N802  (aiosmtpd's name)
+    async def handle_DATA(self, _server: Any, session: Any, envelope: Any) -> str:  # noqa: N802  (aiosmtpd's name)
         message = message_from_bytes(envelope.content, policy=policy.default)
         assert isinstance(message, EmailMessage)
         with self._lock:
             self.messages.append(message)
+            self.authenticated.append(bool(session.authenticated))
         return "250 Message accepted for delivery"
 
     def to(self, address: str) -> list[EmailMessage]:
@@ -67,13 +70,14 @@ def _authenticate(_server: Any, _session: Any, _envelope: Any, mechanism: str, d
 
 @contextmanager
 def smtp_server(*, require_auth: bool = False) -> Iterator[tuple[Inbox, int]]:
-    """A running SMTP server and its port; with `require_auth`, only SMTP_USER/SMTP_PASSWORD may send
-    (over plain text: a test server on the loopback)."""
+    """A running SMTP server and its port; with `require_auth` it offers AUTH (over plain text: a
+    test server on the loopback), refuses any login but SMTP_USER/SMTP_PASSWORD, and records
+    who logged in (`Inbox.authenticated`). (aiosmtpd's `auth_required` without TLS warns.)"""
     inbox = Inbox()
     port = free_port()
     options: dict[str, Any] = {}
     if require_auth:
-        options = {"authenticator": _authenticate, "auth_required": True, "auth_require_tls": False}
+        options = {"authenticator": _authenticate, "auth_require_tls": False}
     controller = Controller(inbox, hostname="127.0.0.1", port=port, **options)
     controller.start()
     try:
