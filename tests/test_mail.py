@@ -14,7 +14,8 @@ from conftest import TEST_SECRET
 from mail_support import SMTP_PASSWORD, SMTP_USER, TOKEN_LINE, free_port, smtp_server
 from pydantic import SecretStr, ValidationError
 
-from blogapi.config import Environment, Settings, smtp_server as parse_smtp_url
+from blogapi.config import Environment, Settings
+from blogapi.config import smtp_server as parse_smtp_url
 from blogapi.mail import Mail, Mailer
 
 MAIL = Mail(to="ada@example.com", subject="Reset your blogapi password", body="    token: abc123\n")
@@ -106,9 +107,8 @@ async def test_a_server_that_never_answers_is_given_up_after_the_timeout(
 async def test_starttls_required_of_a_server_without_it_sends_nothing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with smtp_server() as (inbox, port):
-        with caplog.at_level(logging.ERROR, logger="blogapi.mail"):
-            await Mailer(settings_with(smtp_url=f"smtp://127.0.0.1:{port}?starttls=require")).deliver([MAIL])
+    with smtp_server() as (inbox, port), caplog.at_level(logging.ERROR, logger="blogapi.mail"):
+        await Mailer(settings_with(smtp_url=f"smtp://127.0.0.1:{port}?starttls=require")).deliver([MAIL])
     assert inbox.messages == []
     assert "mail not sent" in caplog.text
 
