@@ -141,3 +141,10 @@ def test_an_invalid_smtp_url_is_refused_without_repeating_it(url: str) -> None:
 def test_the_smtp_password_is_not_in_the_settings_repr() -> None:
     settings = settings_with(smtp_url="smtp://user:hunter22@mail.example.com")
     assert "hunter22" not in repr(settings)
+
+
+def test_the_log_stream_masks_the_smtp_password_whoever_logs_it() -> None:
+    from blogapi.logs import secrets_of
+
+    settings = settings_with(smtp_url="smtp://user:hunter22%21@mail.example.com")
+    assert "hunter22!" in secrets_of(settings)

@@ -253,3 +253,13 @@ async def test_a_pending_address_taken_meanwhile_is_a_conflict_at_verification(
     response = await client.post(VERIFY, json={"token": token})
     assert assert_problem(response, 409)["type"] == PROBLEMS + "email-taken"
     assert (await me(client, account))["email"] == account.email
+
+
+async def test_a_replayed_sign_up_sends_no_second_mail(client: httpx.AsyncClient, inbox: Inbox) -> None:
+    body = {"name": "Once", "email": "once@example.com", "password": PASSWORD}
+    headers = {"Idempotency-Key": "sign-up-once"}
+    first = await client.post("/api/v1/users", json=body, headers=headers)
+    replay = await client.post("/api/v1/users", json=body, headers=headers)
+    assert (first.status_code, replay.status_code) == (201, 201)
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert len(inbox.to("once@example.com")) == 1
