@@ -4,13 +4,14 @@ a server in the test process, tokens read from the received text as a user reads
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from datetime import timedelta
 
 import httpx
 import pytest
 from conftest import PASSWORD, Accounts, assert_problem
-from mail_support import Inbox, smtp_server
+from mail_support import Inbox, free_port, smtp_server
 from pydantic import SecretStr
 from sqlalchemy import select, update
 
@@ -243,3 +244,18 @@ async def test_past_the_limit_for_an_address_requests_are_refused_with_retry_aft
     assert_problem(refused, 429)
     assert int(refused.headers["Retry-After"]) >= 1
     assert inbox.messages == []
+
+
+@pytest.mark.parametrize(
+    "settings", [{"smtp_url": SecretStr(f"smtp://127.0.0.1:{free_port()}")}], indirect=True
+)
+async def test_an_unreachable_mail_server_changes_no_answer_and_is_logged(
+    client: httpx.AsyncClient, accounts: Accounts, caplog: pytest.LogCaptureFixture
+) -> None:
+    account = await accounts.create()
+    with caplog.at_level(logging.ERROR, logger="blogapi.mail"):
+        known = await client.post(RESET, json={"email": account.email})
+        unknown = await client.post(RESET, json={"email": "nobody@example.com"})
+    assert (known.status_code, known.content) == (unknown.status_code, unknown.content)
+    assert known.status_code == 202
+    assert "mail not sent" in caplog.text
