@@ -13,8 +13,9 @@ export UV_PYTHON := $(PYTHON)
 # Debian's packages the deploy/ files run (haproxy, PgBouncer, socat for haproxy's runtime API).
 DEPLOY_TOOLS := /usr/sbin/haproxy:haproxy /usr/sbin/pgbouncer:pgbouncer /usr/bin/socat:socat
 PGBOUNCER_PORT ?= 6432
+REPLICA_PORT ?= 5433
 
-.PHONY: help install run test browser deploy-tools pgbouncer-start pgbouncer-stop lint format clean bench fuzz
+.PHONY: help install run test browser deploy-tools pgbouncer-start pgbouncer-stop replica-start replica-stop lint format clean bench fuzz
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -59,6 +60,12 @@ pgbouncer-start: deploy-tools  ## start PgBouncer (transaction pooling) on 127.0
 
 pgbouncer-stop:  ## stop that PgBouncer (running transactions finish first)
 	PGBOUNCER_PORT=$(PGBOUNCER_PORT) deploy/pgbouncer.sh stop
+
+replica-start:  ## start a streaming replica of 127.0.0.1:5432 on 127.0.0.1:$(REPLICA_PORT) (made by pg_basebackup on first use)
+	REPLICA_PORT=$(REPLICA_PORT) deploy/replica.sh start
+
+replica-stop:  ## stop that replica (its data stays; `deploy/replica.sh destroy` removes it)
+	REPLICA_PORT=$(REPLICA_PORT) deploy/replica.sh stop
 
 lint: install  ## formatting, lint and strict typing, as CI runs them
 	$(BIN)/ruff format --check .

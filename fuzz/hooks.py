@@ -7,7 +7,9 @@ Authentication. The fuzzer may change the password of the account whose token it
 (every earlier token then gets 401), take away its admin rights, or delete it. So tokens
 come from a provider that makes a fresh account and logs it in, and schemathesis drops the
 cached token and replays the request once when an authenticated request gets 401
-(`retry_on`). Requests schemathesis sends without credentials or with broken ones on
+(`retry_on`). Its stateful phase does not (schemathesis 4.32: only the unit phases call
+`reauth_and_replay`), so there an `after_call` hook drops the token on such a 401 and the
+scenario's next steps log in afresh. Requests schemathesis sends without credentials or with broken ones on
 purpose (`ignored_auth`, `missing_required_header`) are left alone: they must get 401.
 BLOGAPI_FUZZ_ROLE picks the account: `user` signs up over the API (POST /api/v1/users);
 `admin` is made with `blogapi create-admin`, the only way to make one, so that the fuzzer
@@ -30,6 +32,8 @@ from typing import Any
 
 import requests
 import schemathesis
+from schemathesis.auths import refresh_auth
+from schemathesis.generation.meta import TestPhase
 from schemathesis.specs.openapi.checks import ensure_resource_availability
 
 BASE_URL = os.environ.get("BLOGAPI_FUZZ_URL", "http://127.0.0.1:8000")
@@ -40,6 +44,9 @@ BLOGAPI = Path(sys.executable).parent / "blogapi"
 
 _counter = itertools.count(1)
 _lock = threading.Lock()
+# The bearer headers new_token has handed out, to tell our stale token from one the fuzzer
+# broke or left out on purpose.
+_issued: set[str] = set()
 
 
 def _create_user(email: str, name: str) -> None:
@@ -83,6 +90,8 @@ def new_token() -> str:
     if login.status_code != 200:
         raise RuntimeError(f"login failed: {login.status_code} {login.text[:300]}")
     token: str = login.json()["access_token"]
+    with _lock:
+        _issued.add(f"Bearer {token}")
     return token
 
 
@@ -97,6 +106,27 @@ class FreshAccount:
     def set(self, case: Any, data: str, context: Any) -> None:
         case.headers = case.headers or {}
         case.headers["Authorization"] = f"Bearer {data}"
+
+
+def _stale_token_in_stateful_step(case: Any, response: Any) -> bool:
+    """A stateful step sent with a token we issued got 401: the fuzzer ended that session.
+
+    (It changed its own password, logged out, deleted or disabled its account.) The unit
+    phases replay such a request themselves (`retry_on`); the stateful phase does not.
+    """
+    meta = case.meta
+    return (
+        meta is not None
+        and meta.phase.name == TestPhase.STATEFUL
+        and response.status_code == 401
+        and response.request.headers.get("Authorization") in _issued
+    )
+
+
+@schemathesis.hook
+def after_call(context: Any, case: Any, response: Any) -> None:
+    if _stale_token_in_stateful_step(case, response):
+        refresh_auth(case)  # the provider's cached token is dropped; the next step gets a new one
 
 
 # --- rejections that depend on server state ---------------------------------------------

@@ -28,6 +28,8 @@ from schemathesis.generation.meta import (
     CoverageScenario,
     GenerationInfo,
     PhaseInfo,
+    StatefulPhaseData,
+    TestPhase,
 )
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.openapi.checks import EnsureResourceAvailability
@@ -258,3 +260,39 @@ def test_a_mailed_token_the_service_never_issued_is_judged_by_its_problem_type(
     }
     assert {name for name, allowed in statuses.items() if "400" in allowed} == hooks.TOKEN_OPERATIONS.keys()
     assert "422" not in statuses[operation]
+
+
+def _step(schema: Any, phase: PhaseInfo, authorization: str) -> Any:
+    return schema["/api/v1/users/me"]["GET"].Case(
+        headers={"Authorization": authorization},
+        _meta=CaseMetadata(generation=GenerationInfo(time=0.0, mode=POSITIVE), components={}, phase=phase),
+    )
+
+
+STATEFUL = PhaseInfo(
+    name=TestPhase.STATEFUL,
+    data=StatefulPhaseData(description=None, parameter=None, parameter_location=None, location=None),
+)
+
+
+def test_a_stateful_step_whose_token_was_ended_gets_a_new_one_for_the_next_steps(
+    hooks: ModuleType, schema: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """schemathesis replays a 401 with a new token in unit phases only; the hook covers stateful steps."""
+    renewed: list[Any] = []
+    monkeypatch.setattr(hooks, "refresh_auth", renewed.append)
+    monkeypatch.setattr(hooks, "_issued", {"Bearer ours"})
+    coverage = _meta(POSITIVE).phase
+    ended = _step(schema, STATEFUL, "Bearer ours")
+    unit_phase = _step(schema, coverage, "Bearer ours")
+    broken_on_purpose = _step(schema, STATEFUL, "Bearer not-ours")
+    for case, status in [
+        (ended, 401),
+        (ended, 403),
+        (ended, 200),
+        (unit_phase, 401),
+        (broken_on_purpose, 401),
+    ]:
+        hooks.after_call(None, case, _response(case, status, {}))
+    # Only the 401 to a token we issued, in a stateful step, drops the cached token.
+    assert renewed == [ended]

@@ -91,6 +91,13 @@ class Settings(BaseSettings):
     # PgBouncer in transaction mode hands each transaction a server connection of its own
     # choosing: no prepared-statement caches, no session state, no autocommit reads.
     database_pooler: DatabasePooler = DatabasePooler.NONE
+    # PostgreSQL streaming replicas that GET requests read from (comma-separated URLs;
+    # docs/scaling.md). One lagging more than read_max_lag_seconds, or down, is skipped.
+    read_database_url: Annotated[list[str], NoDecode] = []
+    read_max_lag_seconds: float = Field(default=5.0, gt=0)
+    # How long a read that presents X-Commit-LSN waits for a replica to replay it before
+    # it reads from the primary instead.
+    read_your_writes_wait_ms: int = Field(default=100, ge=0, le=10_000)
     # Argon2 is CPU-bound: hashing on every core at once would starve the event loop.
     hash_concurrency: int = Field(default_factory=lambda: max(1, (os.cpu_count() or 2) // 2), ge=1)
     idempotency_key_hours: int = Field(default=24, ge=1)
@@ -119,7 +126,7 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     # Mail (README, "Mail"). SMTP_URL: smtp://[user:password@]host[:port] (STARTTLS when the
     # server offers it; `?starttls=require` insists) or smtps:// (implicit TLS). A secret:
-    # its password is never logged (`redacted_smtp_url`). Unset: mails are written to the
+    # its password is never logged (`SmtpServer.redacted`). Unset: mails are written to the
     # log in development and test (the log is the outbox), and only "mail not sent" is
     # logged in production; MAIL_OUTBOX also writes each as an .eml file there.
     smtp_url: SecretStr | None = None
@@ -135,6 +142,8 @@ class Settings(BaseSettings):
     password_resets_per_account: int = Field(default=3, ge=1)
     password_resets_per_address: int = Field(default=20, ge=1)
     password_reset_window_seconds: int = Field(default=3600, ge=1)
+    # The admin console at /admin (README, "Admin console"): a 404 unless enabled.
+    admin_enabled: bool = False
 
     @field_validator("database_url")
     @classmethod
@@ -150,7 +159,12 @@ class Settings(BaseSettings):
         }
         return f"{drivers.get(scheme, scheme)}{sep}{rest}"
 
-    @field_validator("cors_origins", "trusted_proxies", mode="before")
+    @field_validator("read_database_url")
+    @classmethod
+    def replicas_use_async_driver(cls, urls: list[str]) -> list[str]:
+        return [cls.use_async_driver(url) for url in urls]
+
+    @field_validator("cors_origins", "trusted_proxies", "read_database_url", mode="before")
     @classmethod
     def split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -216,6 +230,10 @@ class Settings(BaseSettings):
             raise ValueError(
                 "DATABASE_POOLER=pgbouncer needs a PostgreSQL DATABASE_URL (PgBouncer's address)"
             )
+        if self.read_database_url and not all(
+            url.startswith("postgresql") for url in [self.database_url, *self.read_database_url]
+        ):
+            raise ValueError("READ_DATABASE_URL needs PostgreSQL, for the primary and each replica")
         self.secret_key_file = self.data_dir / self.secret_key_file.expanduser()
         secret = self.secret_key.get_secret_value()
         if self.environment is Environment.PRODUCTION and len(secret) < MIN_SECRET_KEY_LENGTH:

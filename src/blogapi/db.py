@@ -8,16 +8,21 @@ policy are a change to this module alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import math
+import re
 import time
 import unicodedata
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextvars import Context, ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, TypeAlias
+from typing import Annotated, Any, Literal, TypeAlias
 from uuid import uuid4
 
 from fastapi import Depends, Request
@@ -42,7 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.engine.default import DefaultExecutionContext
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -59,8 +64,11 @@ from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import TypeDecorator, TypeEngine
 from sqlalchemy.util import await_
 from sqlalchemy.util.queue import Empty, Full, QueueCommon
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from blogapi.config import DatabasePooler, Settings
+
+logger = logging.getLogger(__name__)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -440,8 +448,9 @@ class Database:
     """An engine and the session factories requests use; owned by the app's lifespan."""
 
     engine: AsyncEngine
-    read_engine: AsyncEngine
-    """The engine with read-only requests' options: on PostgreSQL, autocommit.
+    read_engine: ReadEngine
+    """Where read-only requests read: on PostgreSQL in autocommit, and with READ_DATABASE_URL
+    on a streaming replica (`ReadEngine`).
 
     A GET endpoint opens its connection itself (`async with database.read_engine.connect()`)
     and runs Core statements on it: no session, no identity map, and no yield dependency,
@@ -452,29 +461,345 @@ class Database:
     read_sessionmaker: async_sessionmaker[AsyncSession]
 
     @classmethod
-    def from_engine(cls, engine: AsyncEngine) -> Database:
-        read_options: dict[str, Any] = {READ_ONLY: True}
-        if engine.dialect.name == "postgresql" and not engine.get_execution_options().get(TRANSACTION_POOLED):
-            # (Not through PgBouncer: asyncpg prepares a statement, then executes it, and
-            # between the two an autocommit client holds no server connection.)
-            # Under READ COMMITTED every statement sees its own snapshot anyway, so a read
-            # gains nothing from BEGIN ... COMMIT but two round trips. asyncpg switches to
-            # autocommit on the client side, without a round trip of its own.
-            read_options["isolation_level"] = "AUTOCOMMIT"
-        read_engine = engine.execution_options(**read_options)
+    def from_engine(
+        cls,
+        engine: AsyncEngine,
+        replicas: list[AsyncEngine] | None = None,
+        *,
+        max_lag_seconds: float = 5.0,
+        wait_seconds: float = 0.1,
+    ) -> Database:
+        primary_reads = engine.execution_options(**read_options(engine))
+        if replicas:
+            # Only a write's commit needs to be known (the response's X-Commit-LSN).
+            event.listen(engine.sync_engine, "commit", _note_commit)
+        read_engine = ReadEngine(
+            primary_reads,
+            [replica.execution_options(**read_options(replica)) for replica in replicas or ()],
+            max_lag_seconds=max_lag_seconds,
+            wait_seconds=wait_seconds,
+        )
         return cls(
             engine=engine,
             read_engine=read_engine,
             sessionmaker=async_sessionmaker(engine, expire_on_commit=False),
-            read_sessionmaker=async_sessionmaker(read_engine, expire_on_commit=False),
+            read_sessionmaker=async_sessionmaker(primary_reads, expire_on_commit=False),
         )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
-        return cls.from_engine(create_engine(settings))
+        replicas = [
+            create_engine(settings.model_copy(update={"database_url": url}))
+            for url in settings.read_database_url
+        ]
+        return cls.from_engine(
+            create_engine(settings),
+            replicas,
+            max_lag_seconds=settings.read_max_lag_seconds,
+            wait_seconds=settings.read_your_writes_wait_ms / 1000,
+        )
 
     async def dispose(self) -> None:
+        await self.read_engine.dispose_replicas()
         await self.engine.dispose()
+
+
+def read_options(engine: AsyncEngine) -> dict[str, Any]:
+    """The execution options of a read-only request's connection to `engine`."""
+    options: dict[str, Any] = {READ_ONLY: True}
+    if engine.dialect.name == "postgresql" and not engine.get_execution_options().get(TRANSACTION_POOLED):
+        # (Not through PgBouncer: asyncpg prepares a statement, then executes it, and
+        # between the two an autocommit client holds no server connection.)
+        # Under READ COMMITTED every statement sees its own snapshot anyway, so a read
+        # gains nothing from BEGIN ... COMMIT but two round trips. asyncpg switches to
+        # autocommit on the client side, without a round trip of its own.
+        options["isolation_level"] = "AUTOCOMMIT"
+    return options
+
+
+# Read routing (READ_DATABASE_URL, docs/scaling.md "Read replicas").
+
+COMMIT_LSN_HEADER = "X-Commit-LSN"
+"""A write's response carries the primary's WAL position after its commit; a read that sends
+it back is answered from a replica that has replayed that far, or from the primary."""
+
+_LSN = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
+
+
+def parse_lsn(value: str) -> int | None:
+    """A PostgreSQL WAL position (`16/B374D848`) as a number; None unless well-formed."""
+    match = _LSN.fullmatch(value)
+    if match is None:
+        return None
+    return int(match[1], 16) << 32 | int(match[2], 16)
+
+
+def format_lsn(lsn: int) -> str:
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+@dataclass(slots=True)
+class ReadRoute:
+    """How one request reads, set by `ReadYourWrites` for the request's task."""
+
+    on_primary: bool
+    """A writing request: its reads, even on another connection, see what it wrote."""
+    after_lsn: int | None = None
+    """The WAL position the client has seen (its `X-Commit-LSN`)."""
+    committed: bool = False
+
+
+_read_route: ContextVar[ReadRoute | None] = ContextVar("blogapi_read_route", default=None)
+
+
+def _note_commit(connection: Connection) -> None:
+    route = _read_route.get()  # SQLAlchemy's greenlets run in the request's context
+    if route is not None:
+        route.committed = True
+
+
+ReplicaState: TypeAlias = Literal["unknown", "streaming", "lagging", "down"]
+
+
+@dataclass(slots=True)
+class Replica:
+    engine: AsyncEngine
+    state: ReplicaState = "unknown"
+    lag_seconds: float | None = None
+    replayed_lsn: int = 0
+
+    @property
+    def address(self) -> str:
+        """Host, port and database: never the URL's user or password."""
+        url = self.engine.url
+        return f"{url.host}:{url.port or 5432}/{url.database}"
+
+
+_PRIMARY_POSITION = text("SELECT pg_current_wal_insert_lsn()::text")
+_REPLICA_STATUS = text("SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text")
+_REPLAYED = text("SELECT pg_last_wal_replay_lsn()::text")
+_CHECK_SECONDS = 1.0
+"""How often replicas are checked: requests never query a replica's state themselves."""
+_POLL_SECONDS = 0.01
+
+
+class ReadEngine:
+    """The engine reads connect to: the primary's, or with replicas a healthy replica's.
+
+    A writing request reads on the primary. A read that presents an `X-Commit-LSN` goes
+    to a replica known to have replayed that far; else it polls the replica (one query
+    per `_POLL_SECONDS`) for at most `wait_seconds`, then reads on the primary. Replicas
+    are checked once a second by a background task, never per request: one that is down,
+    is no longer in recovery, or lags more than `max_lag_seconds` is skipped until it
+    catches up.
+    """
+
+    def __init__(
+        self,
+        primary: AsyncEngine,
+        replicas: list[AsyncEngine],
+        *,
+        max_lag_seconds: float = 5.0,
+        wait_seconds: float = 0.1,
+    ) -> None:
+        self.primary = primary
+        self.replicas = [Replica(replica) for replica in replicas]
+        self.max_lag_seconds = max_lag_seconds
+        self.wait_seconds = wait_seconds
+        self._next = 0
+        self._monitor: asyncio.Task[None] | None = None
+        self._positions: deque[tuple[float, int]] = deque()
+        """The primary's WAL position at each check (monotonic time, LSN), for the lag."""
+
+    def connect(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        if not self.replicas:
+            return self.primary.connect()
+        return self._routed()
+
+    @asynccontextmanager
+    async def _routed(self) -> AsyncIterator[AsyncConnection]:
+        self.watch()
+        connection, replica = await self._choose()
+        try:
+            yield connection
+        except DBAPIError as error:
+            if replica is not None and error.connection_invalidated:
+                # Lost: the retry (errors.is_retryable_disconnect) reads on the primary.
+                replica.state = "down"
+            raise
+        finally:
+            await connection.close()
+
+    async def _choose(self) -> tuple[AsyncConnection, Replica | None]:
+        route = _read_route.get()
+        if route is None or not route.on_primary:
+            after = None if route is None else route.after_lsn
+            for replica in self._healthy():
+                try:
+                    # A replica host that went silent (no refusal) would hold the read for the
+                    # driver's connect timeout (60 s): the monitor gives up after a second too.
+                    async with asyncio.timeout(_CHECK_SECONDS):
+                        connection = await _started(replica.engine.connect())
+                except (DBAPIError, OSError, TimeoutError) as error:
+                    logger.warning(
+                        "replica %s unreachable, reading on the primary: %s", replica.address, error
+                    )
+                    replica.state = "down"
+                    continue
+                if (
+                    after is None
+                    or replica.replayed_lsn >= after
+                    or await self._caught_up(connection, replica, after)
+                ):
+                    return connection, replica
+                await connection.close()
+                break  # it waited once; the primary has the write for sure
+        return await _started(self.primary.connect()), None
+
+    def _healthy(self) -> list[Replica]:
+        healthy = [replica for replica in self.replicas if replica.state == "streaming"]
+        if len(healthy) > 1:  # round robin
+            self._next = (self._next + 1) % len(healthy)
+            healthy = healthy[self._next :] + healthy[: self._next]
+        return healthy
+
+    async def _caught_up(self, connection: AsyncConnection, replica: Replica, lsn: int) -> bool:
+        """Whether the replica replays `lsn` within `wait_seconds`, asking it every `_POLL_SECONDS`."""
+        deadline = time.monotonic() + self.wait_seconds
+        while True:
+            replayed = parse_lsn(await connection.scalar(_REPLAYED) or "")
+            if replayed is not None:
+                replica.replayed_lsn = max(replica.replayed_lsn, replayed)
+                if replayed >= lsn:
+                    return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            await asyncio.sleep(min(_POLL_SECONDS, remaining))
+
+    async def commit_position(self) -> int | None:
+        """The primary's WAL position now: at or past every commit that has returned."""
+        async with self.primary.connect() as connection:
+            return parse_lsn(await connection.scalar(_PRIMARY_POSITION) or "")
+
+    def watch(self) -> None:
+        """Start checking the replicas (in this event loop), unless already doing so."""
+        monitor = self._monitor
+        if monitor is not None and not monitor.done() and monitor.get_loop() is asyncio.get_running_loop():
+            return
+        # A context of its own, not the request's that may start it (its id in the logs).
+        self._monitor = asyncio.get_running_loop().create_task(
+            self._watch(), name="blogapi-replica-monitor", context=Context()
+        )
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                await self.check()
+            except Exception:
+                logger.exception("checking the replicas failed; trying again in a second")
+            await asyncio.sleep(_CHECK_SECONDS)
+
+    async def check(self) -> None:
+        """Look at every replica once: its state, lag and replayed position."""
+        try:
+            async with asyncio.timeout(_CHECK_SECONDS):
+                primary_lsn = await self.commit_position()
+        except Exception:  # the primary's own failures are the requests' to report
+            primary_lsn = None
+        now = time.monotonic()
+        if primary_lsn is not None:
+            self._positions.append((now, primary_lsn))
+        while len(self._positions) > 1 and self._positions[1][0] < now - 2 * self.max_lag_seconds:
+            self._positions.popleft()
+        await asyncio.gather(*(self._check(replica, now) for replica in self.replicas))
+
+    def _lag(self, replayed: int, now: float) -> float:
+        """How long ago the primary had written WAL the replica has not replayed yet: its
+        view is at most this old (to a check's second). 0 when it has replayed all there was."""
+        for seen, lsn in self._positions:
+            if lsn > replayed:
+                return now - seen
+        return 0.0
+
+    async def _check(self, replica: Replica, now: float) -> None:
+        try:
+            async with asyncio.timeout(_CHECK_SECONDS), replica.engine.connect() as connection:
+                in_recovery, replayed_text = (await connection.execute(_REPLICA_STATUS)).one()
+        except Exception as error:
+            if replica.state != "down":
+                logger.warning("replica %s is down, reading on the primary: %s", replica.address, error)
+            replica.state, replica.lag_seconds = "down", None
+            return
+        replayed = parse_lsn(replayed_text or "")
+        if not in_recovery or replayed is None:
+            if replica.state != "down":
+                logger.warning("%s is not a streaming replica, reading on the primary", replica.address)
+            replica.state, replica.lag_seconds = "down", None
+            return
+        replica.replayed_lsn = max(replica.replayed_lsn, replayed)
+        lag = self._lag(replayed, now)
+        state: ReplicaState = "streaming" if lag <= self.max_lag_seconds else "lagging"
+        if state != replica.state and state == "lagging":
+            logger.warning("replica %s lags %.1f s, reading on the primary", replica.address, lag)
+        replica.state, replica.lag_seconds = state, round(lag, 3)
+
+    async def dispose_replicas(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(BaseException):
+                await self._monitor
+            self._monitor = None
+        for replica in self.replicas:
+            await replica.engine.dispose()
+
+
+async def _started(connection: AsyncConnection) -> AsyncConnection:
+    await connection.start()
+    return connection
+
+
+class ReadYourWrites:
+    """ASGI middleware of an app with replicas: routes each request's reads (`ReadRoute`),
+    and gives a response whose request committed the primary's position (`X-Commit-LSN`)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        reading = scope["method"] in ("GET", "HEAD")
+        route = ReadRoute(on_primary=not reading)
+        if reading:
+            for name, value in scope["headers"]:
+                if name == b"x-commit-lsn":
+                    # Malformed: ignored, the read sees a replica's view (README).
+                    route.after_lsn = parse_lsn(value.decode("latin-1"))
+                    break
+        read_engine = scope["app"].state.database.read_engine
+
+        async def send_position(message: Message) -> None:
+            if message["type"] == "http.response.start" and route.committed:
+                route.committed = False  # once, whatever the retries
+                try:
+                    lsn = await read_engine.commit_position()
+                except Exception as error:
+                    logger.warning("no X-Commit-LSN: the primary's position is unknown: %s", error)
+                    lsn = None
+                if lsn is not None:
+                    message["headers"] = [
+                        *message.get("headers", []),
+                        (b"x-commit-lsn", format_lsn(lsn).encode()),
+                    ]
+            await send(message)
+
+        token = _read_route.set(route)
+        try:
+            await self.app(scope, receive, send_position)
+        finally:
+            _read_route.reset(token)
 
 
 def get_database(request: Request) -> Database:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel
 from sqlalchemy import Connection
 
-from blogapi.db import get_database
+from blogapi.db import ReplicaState, get_database
 from blogapi.errors import ServiceUnavailable, database_cause, error_responses
 
 logger = logging.getLogger(__name__)
@@ -20,8 +20,22 @@ router = APIRouter(prefix="/health", tags=["health"])
 UPGRADE_HINT = "run `blogapi db upgrade`"
 
 
+class ReplicaHealth(BaseModel):
+    address: str
+    """Host, port and database of the replica."""
+    state: ReplicaState
+    """`streaming` replicas serve reads; `lagging`, `down` and (before the first check)
+    `unknown` ones are skipped, and their reads go to the primary."""
+    lag_seconds: float | None
+
+
 class Health(BaseModel):
     status: str
+
+
+class Readiness(Health):
+    replicas: list[ReplicaHealth] | None = None
+    """With READ_DATABASE_URL only: each read replica's state."""
 
 
 @cache
@@ -69,12 +83,17 @@ async def live() -> Health:
     return Health(status="ok")
 
 
-@router.get("/ready", responses=error_responses(503))
-async def ready(request: Request) -> Health:
-    """The database answers, and its schema is the one this version of blogapi needs."""
+@router.get("/ready", responses=error_responses(503), response_model_exclude_none=True)
+async def ready(request: Request) -> Readiness:
+    """The database answers, and its schema is the one this version of blogapi needs.
+
+    With read replicas, their states too: a replica down or lagging is no reason to stop
+    serving (reads go to the primary), so it does not make the answer a 503.
+    """
     head = head_revision()
+    database = get_database(request)
     try:
-        async with get_database(request).engine.connect() as connection:
+        async with database.engine.connect() as connection:
             revisions = await connection.run_sync(_schema_revisions)
     except Exception as exc:
         logger.error("not ready: the database is unreachable: %s", database_cause(request, exc))
@@ -83,4 +102,11 @@ async def ready(request: Request) -> Health:
         reason = schema_mismatch(revisions, head)
         logger.warning("not ready: %s", reason)
         raise ServiceUnavailable(reason)
-    return Health(status="ok")
+    if not database.read_engine.replicas:
+        return Readiness(status="ok")
+    database.read_engine.watch()
+    replicas = [
+        ReplicaHealth(address=replica.address, state=replica.state, lag_seconds=replica.lag_seconds)
+        for replica in database.read_engine.replicas
+    ]
+    return Readiness(status="ok", replicas=replicas)

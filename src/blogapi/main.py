@@ -16,7 +16,7 @@ from blogapi import __version__, health, observe
 from blogapi.auth.router import router as auth_router
 from blogapi.auth.sessions.router import router as sessions_router
 from blogapi.config import Settings, get_settings
-from blogapi.db import Database
+from blogapi.db import COMMIT_LSN_HEADER, Database, ReadYourWrites
 from blogapi.docs import install_docs
 from blogapi.errors import PROBLEM_MEDIA_TYPE, error_responses, install_error_handlers
 from blogapi.middleware import BodySizeLimit, ProblemCORSMiddleware, RetryTransientErrors
@@ -36,6 +36,7 @@ REQUEST_HEADERS = (
     "If-None-Match",
     "Idempotency-Key",
     "X-Request-ID",
+    COMMIT_LSN_HEADER,
 )
 RESPONSE_HEADERS = (
     "ETag",
@@ -45,6 +46,7 @@ RESPONSE_HEADERS = (
     "WWW-Authenticate",
     "Allow",
     "X-Request-ID",
+    COMMIT_LSN_HEADER,
 )
 
 
@@ -59,6 +61,8 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.database = database or Database.from_settings(settings)
+        if app.state.database.read_engine.replicas:
+            app.state.database.read_engine.watch()  # replicas are used once checked
         try:
             async with observe.running(app, app.state.database):
                 yield
@@ -74,6 +78,10 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
             " kind of error each is (see the `Problem` schema, or docs/problems.md). Every response"
             " carries an `X-Request-ID` header (the request's own, when it sent a well-formed one:"
             " 1-64 letters, digits, `.`, `_` or `-`), also in its problem details as `request_id`."
+            " Where GET requests read from PostgreSQL replicas, a response to a request that wrote"
+            " carries an `X-Commit-LSN` header (the primary's WAL position, such as `16/B374D848`):"
+            " a GET that sends it back sees that write; a GET without it may see data a few seconds"
+            " old, and one with a malformed value is read as if it sent none."
         ),
         lifespan=lifespan,
         # FastAPI's pages load Swagger UI and ReDoc from a CDN; install_docs serves them offline.
@@ -93,6 +101,10 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     for router in (posts_router, users_router, auth_router, sessions_router):
         app.include_router(router, prefix=API_PREFIX, responses=error_responses(503))
     app.include_router(health.router)
+    if settings.admin_enabled:
+        from blogapi import admin  # Jinja2 and the templates load only for a console that is on
+
+        admin.install(app)
     install_docs(app)
     install_error_handlers(app)
 
@@ -105,6 +117,9 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
             expose_headers=RESPONSE_HEADERS,
         )
     app.add_middleware(RetryTransientErrors)
+    if settings.read_database_url:
+        # Outside the retries: a request run again keeps its route and its commit.
+        app.add_middleware(ReadYourWrites)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     observe.install(app, settings)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

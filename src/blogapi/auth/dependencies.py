@@ -72,7 +72,10 @@ async def get_current_user(caller: Caller, session: SessionDep) -> AnyRow:
 
 async def _viewer(token: str, database: Database, settings: Settings) -> AnyRow:
     subject = _subject(token, settings)
-    async with database.read_engine.connect() as connection:
+    # On the primary even with read replicas: a session ended there (logout, a password
+    # change, a disabled account) is refused at once, and a login of a moment ago accepted,
+    # however far a replica lags. One indexed lookup; the GET's own reads go to a replica.
+    async with database.read_engine.primary.connect() as connection:
         user = _current(await users_service.find_caller(connection, subject))
     now = utcnow()
     if sessions_service.is_stale(user.session_last_used_at, now):
