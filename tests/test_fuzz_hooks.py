@@ -225,6 +225,43 @@ def test_every_list_that_takes_a_cursor_has_its_rejections_judged_by_type(hooks:
     assert with_cursor <= judged
 
 
+def _problem(case: Any, status: int, problem_type: str) -> Response:
+    body = f'{{"type": "{problem_type}", "status": {status}, "detail": "x"}}'.encode()
+    return _response(case, status, {"Content-Type": "application/problem+json"}, body)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/v1/auth/password-reset/confirm", {"token": "0", "new_password": "00000000"}),
+        ("/api/v1/auth/verify", {"token": "0"}),
+    ],
+)
+def test_a_mailed_token_the_service_never_issued_is_judged_by_its_problem_type(
+    hooks: ModuleType, schema: Any, path: str, body: dict[str, str]
+) -> None:
+    case = schema[path]["POST"].Case(body=body, _meta=_meta(POSITIVE, body=POSITIVE))
+    operation = f"POST {path}"
+    expected = hooks.TOKEN_OPERATIONS[operation]
+    # The token's own 400 is what a schema-valid token the service never issued gets...
+    hooks.positive_data_rejected_only_for_server_state(None, _problem(case, 400, expected), case)
+    # ...any other 400 to schema-valid data still fails (a 422 too: the built-in check's, below).
+    with pytest.raises(AssertionError, match="Schema-valid request"):
+        hooks.positive_data_rejected_only_for_server_state(
+            None, _problem(case, 400, "https://blogapi.dev/problems/cors-refused"), case
+        )
+    import tomllib
+
+    config = tomllib.loads((HOOKS.parent / "schemathesis.toml").read_text())
+    statuses = {
+        name: rule["checks"]["positive_data_acceptance"]["expected-statuses"]
+        for rule in config["operations"]
+        for name in rule["include-name"]
+    }
+    assert {name for name, allowed in statuses.items() if "400" in allowed} == hooks.TOKEN_OPERATIONS.keys()
+    assert "422" not in statuses[operation]
+
+
 def _step(schema: Any, phase: PhaseInfo, authorization: str) -> Any:
     return schema["/api/v1/users/me"]["GET"].Case(
         headers={"Authorization": authorization},

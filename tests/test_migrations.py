@@ -219,3 +219,33 @@ async def test_upgrading_counts_each_tags_links_and_dates_each_link_as_its_post(
         assert sorted(dates) == sorted((post_id, start + timedelta(hours=post_id)) for post_id, _ in links)
     finally:
         await engine.dispose()
+
+
+async def test_accounts_from_before_email_verification_start_unverified_and_survive_a_downgrade(
+    scratch_database_url: str,
+) -> None:
+    config = alembic_config(scratch_database_url)
+    await asyncio.to_thread(command.upgrade, config, "a3c9e61f0d27")
+    engine = create_async_engine(scratch_database_url)
+    columns = ("id", "name", "name_folded", "email", "password_hash", "is_admin", "created_at", "updated_at")
+    old_user = sa.table("user", *(sa.column(name) for name in (*columns, "version", "token_version")))
+    now = datetime.now(UTC)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                insert(old_user),
+                {"id": 1, "name": "u", "name_folded": "u", "email": "u@example.com", "password_hash": "x",
+                 "is_admin": False, "created_at": now, "updated_at": now, "version": 1, "token_version": 1},
+            )  # fmt: skip
+        await asyncio.to_thread(command.upgrade, config, "head")
+        user = Base.metadata.tables["user"]
+        async with engine.connect() as connection:
+            assert (await connection.execute(select(user.c.email, user.c.email_verified))).all() == [
+                ("u@example.com", False)
+            ]
+        await asyncio.to_thread(command.downgrade, config, "a3c9e61f0d27")
+        async with engine.connect() as connection:
+            assert (await connection.execute(select(old_user.c.email))).scalars().all() == ["u@example.com"]
+        assert "mail_token" not in await _table_names(scratch_database_url)
+    finally:
+        await engine.dispose()

@@ -58,6 +58,10 @@ def test_operation_ids_are_the_endpoint_names(document: dict[str, Any]) -> None:
         "log_out",
         "list_my_sessions",
         "end_my_session",
+        "request_password_reset",
+        "confirm_password_reset",
+        "verify_email",
+        "resend_verification",
         "live",
         "ready",
     }
@@ -71,7 +75,18 @@ def test_reads_that_take_an_optional_token_declare_anonymous_access(document: di
         assert operations[name]["description"].endswith(OPTIONAL_CREDENTIALS_NOTE), name
     for name in ("read_me", "update_user", "delete_user", "create_post", "update_post", "delete_post"):
         assert operations[name]["security"] == [{"OAuth2PasswordBearer": []}], name
-    for name in ("list_posts", "read_post", "list_tags", "list_user_posts", "create_user", "issue_token"):
+    assert operations["resend_verification"]["security"] == [{"OAuth2PasswordBearer": []}]
+    for name in (
+        "list_posts",
+        "read_post",
+        "list_tags",
+        "list_user_posts",
+        "create_user",
+        "issue_token",
+        "request_password_reset",
+        "confirm_password_reset",
+        "verify_email",
+    ):
         assert "security" not in operations[name], name
 
 
@@ -82,7 +97,8 @@ def test_every_request_body_has_an_example(document: dict[str, Any]) -> None:
             bodies += 1
             examples = _schema(document, media_type["schema"]).get("examples")
             assert examples, name
-    assert bodies == 6  # sign-up, login, refresh, create and update a user and a post
+    # sign-up, login, refresh, create and update a user and a post, reset (ask, confirm), verify
+    assert bodies == 9
 
 
 def test_every_error_status_has_examples_of_its_kinds(document: dict[str, Any]) -> None:

@@ -12,11 +12,13 @@ import os
 import secrets
 import stat
 import tempfile
+from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
 from ipaddress import ip_network
 from pathlib import Path
 from typing import Annotated, Literal, Self
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import platformdirs
 from fastapi import Depends, Request
@@ -122,6 +124,24 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = None
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_host: str = "127.0.0.1"
+    # Mail (README, "Mail"). SMTP_URL: smtp://[user:password@]host[:port] (STARTTLS when the
+    # server offers it; `?starttls=require` insists) or smtps:// (implicit TLS). A secret:
+    # its password is never logged (`SmtpServer.redacted`). Unset: mails are written to the
+    # log in development and test (the log is the outbox), and only "mail not sent" is
+    # logged in production; MAIL_OUTBOX also writes each as an .eml file there.
+    smtp_url: SecretStr | None = None
+    mail_from: str = "blogapi <noreply@localhost>"
+    mail_outbox: Path | None = None
+    mail_timeout_seconds: float = Field(default=15.0, gt=0, le=300)
+    # Unverified accounts cannot publish, and an email change waits for the new address.
+    require_verified_email: bool = False
+    password_reset_minutes: int = Field(default=30, ge=1, le=24 * 60)
+    verification_hours: int = Field(default=48, ge=1, le=24 * 30)
+    # Reset mails per requested address (over: none sent, silently) and reset requests per
+    # client address (over: 429), per window.
+    password_resets_per_account: int = Field(default=3, ge=1)
+    password_resets_per_address: int = Field(default=20, ge=1)
+    password_reset_window_seconds: int = Field(default=3600, ge=1)
     # The admin console at /admin (README, "Admin console"): a 404 unless enabled.
     admin_enabled: bool = False
 
@@ -169,6 +189,14 @@ class Settings(BaseSettings):
         if len(token.get_secret_value()) < MIN_METRICS_TOKEN_LENGTH:
             raise ValueError(f"must be at least {MIN_METRICS_TOKEN_LENGTH} characters")
         return token
+
+    @field_validator("smtp_url")
+    @classmethod
+    def parse_smtp_url(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is None or not url.get_secret_value().strip():
+            return None
+        smtp_server(url)  # raises ValueError, without the URL (it holds a password)
+        return url
 
     @property
     def logs_as_json(self) -> bool:
@@ -219,6 +247,52 @@ class Settings(BaseSettings):
         if not secret:
             self.secret_key = SecretStr(load_or_create_secret_key(self.secret_key_file))
         return self
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpServer:
+    """Where mail goes, from SMTP_URL."""
+
+    hostname: str
+    port: int
+    implicit_tls: bool
+    """smtps://: TLS from the first byte (port 465 by default)."""
+    require_starttls: bool
+    """smtp://...?starttls=require: refuse a server without STARTTLS (else it is used when offered)."""
+    username: str | None
+    password: str | None
+
+    @property
+    def redacted(self) -> str:
+        """The URL for the log: never the password."""
+        scheme = "smtps" if self.implicit_tls else "smtp"
+        user = f"{self.username}:***@" if self.username else ""
+        return f"{scheme}://{user}{self.hostname}:{self.port}"
+
+
+def smtp_server(url: SecretStr) -> SmtpServer:
+    """SMTP_URL parsed; ValueError (which never repeats the URL) if it is not one."""
+    parts = urlsplit(url.get_secret_value().strip())
+    if parts.scheme not in ("smtp", "smtps"):
+        raise ValueError("SMTP_URL must start with smtp:// or smtps://")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("SMTP_URL has an invalid port") from None
+    if not parts.hostname:
+        raise ValueError("SMTP_URL has no host")
+    starttls = parse_qs(parts.query).get("starttls", ["auto"])[-1]
+    if starttls not in ("auto", "require"):
+        raise ValueError("SMTP_URL's starttls must be `auto` or `require`")
+    implicit_tls = parts.scheme == "smtps"
+    return SmtpServer(
+        hostname=parts.hostname,
+        port=port or (465 if implicit_tls else 587),
+        implicit_tls=implicit_tls,
+        require_starttls=starttls == "require",
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+    )
 
 
 def resolve_sqlite_path(database_url: str, data_dir: Path) -> str:

@@ -61,6 +61,9 @@ class ProblemType(StrEnum):
     SERVICE_UNAVAILABLE = PROBLEM_TYPE_BASE + "service-unavailable"
     STATEMENT_TIMEOUT = PROBLEM_TYPE_BASE + "statement-timeout"
     CORS_REFUSED = PROBLEM_TYPE_BASE + "cors-refused"
+    INVALID_RESET_TOKEN = PROBLEM_TYPE_BASE + "invalid-reset-token"
+    INVALID_VERIFICATION_TOKEN = PROBLEM_TYPE_BASE + "invalid-verification-token"
+    EMAIL_NOT_VERIFIED = PROBLEM_TYPE_BASE + "email-not-verified"
 
     @property
     def slug(self) -> str:
@@ -162,7 +165,8 @@ PROBLEM_KINDS: dict[ProblemType, ProblemKind] = {
     ),
     ProblemType.TOO_MANY_REQUESTS: ProblemKind(
         HTTPStatus.TOO_MANY_REQUESTS,
-        "Too many failed logins for this account or from this address: retry after `Retry-After` seconds.",
+        "Too many failed logins for this account or from this address (or sign-ups, password reset"
+        " requests or verification mails): retry after `Retry-After` seconds.",
         "too many failed logins; try again later",
     ),
     ProblemType.INTERNAL_ERROR: ProblemKind(
@@ -188,14 +192,34 @@ PROBLEM_KINDS: dict[ProblemType, ProblemKind] = {
         " (`CORS_ORIGINS`); the browser will not send the request.",
         "disallowed CORS origin",
     ),
+    ProblemType.INVALID_RESET_TOKEN: ProblemKind(
+        HTTPStatus.BAD_REQUEST,
+        "The password reset token is unknown, used or expired (or the account's email changed since"
+        " it was sent): ask for a new one at `POST /auth/password-reset`.",
+        "the reset token is unknown, used or expired: ask for a new one",
+    ),
+    ProblemType.INVALID_VERIFICATION_TOKEN: ProblemKind(
+        HTTPStatus.BAD_REQUEST,
+        "The email verification token is unknown, used or expired, or its address is no longer the"
+        " account's: ask for a new one at `POST /auth/verify/resend`.",
+        "the verification token is unknown, used or expired: ask for a new one",
+    ),
+    ProblemType.EMAIL_NOT_VERIFIED: ProblemKind(
+        HTTPStatus.FORBIDDEN,
+        "With `REQUIRE_VERIFIED_EMAIL`, an account publishes only once its email is verified: use"
+        " the token mailed to it at `POST /auth/verify` (`POST /auth/verify/resend` mails a new one).",
+        "verify your email address before publishing",
+    ),
 }
 
 # The kind of an error known only by its status (a framework's error, a handler's response).
 _KIND_OF_STATUS: dict[int, ProblemType] = {}
 for _problem_type, _kind in PROBLEM_KINDS.items():
-    if (
-        _problem_type is not ProblemType.CORS_REFUSED
-    ):  # named where it happens; other 400s are the HTTP layer's
+    if _problem_type not in (
+        ProblemType.CORS_REFUSED,
+        ProblemType.INVALID_RESET_TOKEN,
+        ProblemType.INVALID_VERIFICATION_TOKEN,
+    ):  # named where they happen; other 400s are the HTTP layer's
         _KIND_OF_STATUS.setdefault(_kind.status, _problem_type)
 
 
@@ -282,6 +306,25 @@ class Forbidden(DomainError):
 
 class ReauthenticationRequired(Forbidden):
     type = ProblemType.REAUTHENTICATION_REQUIRED
+
+
+class EmailNotVerified(Forbidden):
+    type = ProblemType.EMAIL_NOT_VERIFIED
+
+
+class InvalidMailToken(DomainError):
+    """A token from a mail that cannot be used (unknown, used, expired)."""
+
+    status = HTTPStatus.BAD_REQUEST
+    type = ProblemType.INVALID_RESET_TOKEN
+
+
+class InvalidResetToken(InvalidMailToken):
+    type = ProblemType.INVALID_RESET_TOKEN
+
+
+class InvalidVerificationToken(InvalidMailToken):
+    type = ProblemType.INVALID_VERIFICATION_TOKEN
 
 
 class Unauthorized(DomainError):

@@ -27,7 +27,7 @@ import structlog
 from sqlalchemy import make_url
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from blogapi.config import Settings
+from blogapi.config import Settings, smtp_server
 
 REQUEST_ID_HEADER = "X-Request-ID"
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -99,6 +99,8 @@ def secrets_of(settings: Settings) -> list[str]:
         secrets.append(make_url(settings.database_url).password or "")
     if settings.metrics_token is not None:
         secrets.append(settings.metrics_token.get_secret_value())
+    if settings.smtp_url is not None:
+        secrets.append(smtp_server(settings.smtp_url).password or "")
     return secrets
 
 

@@ -46,6 +46,13 @@ MATRIX: dict[tuple[str, str], dict[str, int]] = {
     # Each role with its own refresh token (anonymous with one that was never issued).
     ("POST", f"{API}/auth/refresh"): logged_in(200),
     ("POST", f"{API}/auth/logout"): logged_in(204),
+    # Anyone may ask for a reset mail (for the owner's email here): the same answer for all.
+    ("POST", f"{API}/auth/password-reset"): everyone(202),
+    # The token is the credential, not the caller: a token never issued is 400 for every role
+    # (tests/api/test_password_reset.py and test_email_verification.py use real ones).
+    ("POST", f"{API}/auth/password-reset/confirm"): everyone(400),
+    ("POST", f"{API}/auth/verify"): everyone(400),
+    ("POST", f"{API}/auth/verify/resend"): logged_in(202),
     ("GET", f"{API}/users/me/sessions"): logged_in(200),
     # The owner's session: nobody else finds it, admins included (it is under /me).
     ("DELETE", f"{API}/users/me/sessions/{{session_id}}"): {
@@ -114,6 +121,12 @@ def minimal_body(method: str, path: str, world: World, role: str) -> dict[str, A
     if (method, path) == ("POST", f"{API}/auth/refresh"):
         account = world.account(role)
         return {"json": {"refresh_token": account.refresh_token if account else "never-issued"}}
+    if (method, path) == ("POST", f"{API}/auth/password-reset"):
+        return {"json": {"email": world.owner.email}}
+    if (method, path) == ("POST", f"{API}/auth/password-reset/confirm"):
+        return {"json": {"token": "never-issued", "new_password": PASSWORD + " new"}}
+    if (method, path) == ("POST", f"{API}/auth/verify"):
+        return {"json": {"token": "never-issued"}}
     if (method, path) == ("POST", f"{API}/users"):
         world.signups += 1
         email = f"signup-{role}-{world.signups}@example.com"
@@ -203,6 +216,11 @@ async def assert_effect(
         caller = response.request.headers.get("authorization", "")
         token = caller if path.endswith("logout") else world.owner.headers["Authorization"]
         assert (await client.get(me, headers={"Authorization": token})).status_code == 401
+        return
+    if path in (f"{API}/auth/password-reset", f"{API}/auth/verify/resend"):
+        # What they do is mail, after the response: tests/api/test_password_reset.py and
+        # test_email_verification.py read it from an SMTP server.
+        assert response.status_code == 202
         return
     if path in (f"{API}/auth/token", f"{API}/auth/refresh"):
         token = response.json()["access_token"]

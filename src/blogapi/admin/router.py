@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
+from starlette.background import BackgroundTask
 from starlette.responses import RedirectResponse, Response
 
 from blogapi.admin import security
@@ -28,6 +29,7 @@ from blogapi.auth.sessions import service as sessions_service
 from blogapi.config import Settings, SettingsDep
 from blogapi.db import MAX_ID, AnyRow, Database, DatabaseDep, utcnow
 from blogapi.errors import DomainError, Forbidden
+from blogapi.mail import Mail, Mailer
 from blogapi.pagination import PageParams
 from blogapi.posts import service as posts_service
 from blogapi.posts.schemas import PostUpdate
@@ -306,14 +308,26 @@ async def _update_user(
         password_hash = await users_service.prepare_update(
             database, admin.subject, user_id, data, client_address(request), settings
         )
+        outbox: list[Mail] = []
         async with database.sessionmaker.begin() as session:
             me = await _acting_admin(await session.connection(), admin)
             await users_service.update_user(
-                session, user_id, data, me, password_hash, if_match, actor_session=admin.subject.session_id
+                session,
+                user_id,
+                data,
+                me,
+                password_hash,
+                if_match,
+                actor_session=admin.subject.session_id,
+                settings=settings,
+                outbox=outbox,
             )
     except DomainError as exc:
         return _domain_error_page(request, exc)
-    return _redirect(f"{security.PREFIX}/users/{user_id}?done=saved")
+    response = _redirect(f"{security.PREFIX}/users/{user_id}?done=saved")
+    # An email change's mails (mail.py), after the response as the API sends them.
+    response.background = BackgroundTask(Mailer(settings).deliver, outbox)
+    return response
 
 
 @router.post("/users/{user_id}")

@@ -2,18 +2,20 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Form, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, Form, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.json_schema import SkipJsonSchema
 
-from blogapi.auth import service
-from blogapi.auth.dependencies import Caller, CurrentUser, client_address
+from blogapi.auth import accounts, service
+from blogapi.auth.dependencies import Caller, CurrentUser, client_address, current_user
+from blogapi.auth.schemas import Accepted, PasswordResetConfirm, PasswordResetRequest, VerifyRequest
 from blogapi.auth.security import create_access_token
 from blogapi.auth.sessions import service as sessions_service
 from blogapi.auth.sessions.schemas import RefreshRequest
 from blogapi.config import Settings, SettingsDep
 from blogapi.db import DatabaseDep, SessionDep, utcnow
 from blogapi.errors import ProblemType, error_responses
+from blogapi.mail import MailerDep
 from blogapi.validation import WITHOUT_NUL, WithoutNulInWords
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -133,3 +135,92 @@ async def log_out(caller: Caller, session: SessionDep, _me: CurrentUser) -> None
     """End the session of this access token: it and the session's refresh token are refused
     from now on, by every process."""
     await sessions_service.revoke(await session.connection(), caller.session_id)
+
+
+@router.post(
+    "/password-reset",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=error_responses(413, 422, 429),
+    summary="Ask for a password reset mail",
+)
+async def request_password_reset(
+    data: PasswordResetRequest,
+    request: Request,
+    background: BackgroundTasks,
+    database: DatabaseDep,
+    settings: SettingsDep,
+    mailer: MailerDep,
+) -> Accepted:
+    """Mail a token that sets a new password (`POST /auth/password-reset/confirm`), once, within
+    `PASSWORD_RESET_MINUTES` (30) minutes, if an active account has this email.
+
+    Always 202 with the same body, and the same work before the answer, whether or not an
+    account has the email: the account is looked up, and the mail sent, after the response.
+    At most `PASSWORD_RESETS_PER_ADDRESS` requests per `PASSWORD_RESET_WINDOW_SECONDS` from one
+    client address (then 429 with `Retry-After`); past `PASSWORD_RESETS_PER_ACCOUNT` for one
+    email, requests are answered alike but no mail is sent.
+    """
+    if await accounts.request_reset(database, data.email, client_address(request), settings):
+        background.add_task(accounts.send_reset, database, mailer, data.email, settings)
+    return Accepted(detail=accounts.RESET_ACCEPTED)
+
+
+@router.post(
+    "/password-reset/confirm",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(ProblemType.INVALID_RESET_TOKEN, 413, 422),
+    summary="Set a new password with a reset token",
+)
+async def confirm_password_reset(
+    data: PasswordResetConfirm, database: DatabaseDep, settings: SettingsDep
+) -> None:
+    """Set the password of the token's account and end every session of it (log in again).
+
+    The token works once (of two confirms at once, one succeeds) and proves the account's
+    email too (`email_verified`). 400 `invalid-reset-token` if it is unknown, used or
+    expired, or the account's email changed since it was sent.
+    """
+    password_hash = await accounts.reset_password_hash(database, data.token, data.new_password, settings)
+    async with database.engine.begin() as connection:
+        await accounts.confirm_reset(connection, data.token, password_hash)
+
+
+@router.post(
+    "/verify",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(ProblemType.INVALID_VERIFICATION_TOKEN, ProblemType.EMAIL_TAKEN, 413, 422),
+    summary="Verify an email address",
+)
+async def verify_email(data: VerifyRequest, database: DatabaseDep) -> None:
+    """Mark the address the token was mailed to as verified (`email_verified`).
+
+    For an email change under `REQUIRE_VERIFIED_EMAIL`, the new address becomes the account's
+    now (409 `email-taken` if another account took it meanwhile). 400
+    `invalid-verification-token` if the token is unknown, used, expired, or names an address
+    the account no longer has.
+    """
+    async with database.engine.begin() as connection:
+        await accounts.verify_email(connection, data.token)
+
+
+@router.post(
+    "/verify/resend",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=error_responses(401, 429),
+    summary="Mail a new verification token",
+)
+async def resend_verification(
+    caller: Caller,
+    background: BackgroundTasks,
+    database: DatabaseDep,
+    settings: SettingsDep,
+    mailer: MailerDep,
+) -> Accepted:
+    """Mail a new verification token to the caller's address, unless it is verified already;
+    earlier tokens stop working. At most `PASSWORD_RESETS_PER_ACCOUNT` per
+    `PASSWORD_RESET_WINDOW_SECONDS` (then 429)."""
+    async with database.engine.begin() as connection:
+        me = await current_user(connection, caller)
+        mails = await accounts.resend_verification(connection, me, settings)
+    background.add_task(mailer.deliver, mails)
+    return Accepted(detail="unless your address is verified already, a verification mail is on its way")

@@ -198,12 +198,61 @@ async def reserve_signup(connection: AsyncConnection, address: str, settings: Se
     await prune(connection, settings, now)
 
 
+def reset_address_bucket(address: str) -> str:
+    return _key("reset-address", address)
+
+
+def reset_account_bucket(email: str) -> str:
+    return _key("reset-account", email)
+
+
+def verify_bucket(user_id: int) -> str:
+    return _key("verify", str(user_id))
+
+
+TOO_MANY_RESETS = "too many password reset requests from this address; try again later"
+
+
+async def reserve_reset(connection: AsyncConnection, email: str, address: str, settings: Settings) -> bool:
+    """Count a password reset request for `email` from `address`.
+
+    TooManyRequests past the address's limit (said openly: it tells nothing about any
+    account). Past the limit for `email` (counted whether or not an account has it, so
+    the count reveals nothing either), False: the request is answered as any other, but no
+    mail is sent, so nobody can flood an inbox. Run in a transaction of its own.
+    """
+    now = utcnow()
+    window = timedelta(seconds=settings.password_reset_window_seconds)
+    by_address = Bucket(reset_address_bucket(address), settings.password_resets_per_address, window)
+    by_account = Bucket(reset_account_bucket(email), settings.password_resets_per_account, window)
+    await _create_missing(connection, [by_address, by_account], now)
+    if not await _try_reserve(connection, by_address, now):
+        raise await _refuse(connection, by_address, now, TOO_MANY_RESETS)
+    allowed = await _try_reserve(connection, by_account, now)
+    await prune(connection, settings, now)
+    return allowed
+
+
+async def reserve_verification(connection: AsyncConnection, user_id: int, settings: Settings) -> None:
+    """Count a request for a new verification mail by its (logged-in) owner, or raise TooManyRequests."""
+    now = utcnow()
+    bucket = Bucket(
+        verify_bucket(user_id),
+        settings.password_resets_per_account,
+        timedelta(seconds=settings.password_reset_window_seconds),
+    )
+    await _create_missing(connection, [bucket], now)
+    if not await _try_reserve(connection, bucket, now):
+        raise await _refuse(connection, bucket, now, "too many verification mails asked for; try again later")
+
+
 def longest_window(settings: Settings) -> timedelta:
     return timedelta(
         seconds=max(
             settings.login_failure_window_seconds,
             settings.login_slowdown_seconds,
             settings.signup_window_seconds,
+            settings.password_reset_window_seconds,
         )
     )
 

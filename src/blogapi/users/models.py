@@ -45,6 +45,9 @@ class User(Base):
     # SQLite store 1), and that MariaDB reports back as it was given (`true` would read as 1).
     is_active: Mapped[bool] = mapped_column(Boolean, default=True, server_default="1")
     """False: disabled by an admin. Cannot log in, every session ended; posts stay readable."""
+    email_verified: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    """The owner proved `email` is theirs (a token mailed to it). False for accounts from before
+    verification existed, until they verify."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=created_at_or_now, onupdate=utcnow)
     version: Mapped[int] = mapped_column(server_default=text("1"))

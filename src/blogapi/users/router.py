@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, Path, Query, Request, Response, status
 from starlette.convertors import Convertor, register_url_convertor
 
 from blogapi import idempotency
+from blogapi.auth import accounts
 from blogapi.auth.dependencies import (
     Caller,
     CurrentUser,
@@ -17,6 +18,7 @@ from blogapi.auth.dependencies import (
 from blogapi.config import SettingsDep
 from blogapi.db import MAX_ID, DatabaseDep, SessionDep
 from blogapi.errors import ProblemType, error_responses
+from blogapi.mail import Mail, MailerDep
 from blogapi.pagination import Page, PageDep, SearchPage
 from blogapi.posts import service as posts_service
 from blogapi.posts.schemas import PostRead
@@ -96,10 +98,16 @@ async def create_user(
     database: DatabaseDep,
     settings: SettingsDep,
     request: Request,
+    background: BackgroundTasks,
+    mailer: MailerDep,
     idempotency_key: idempotency.IdempotencyKeyHeader = None,
 ) -> Response:
     """Create an account. At most `SIGNUPS_PER_ADDRESS` per `SIGNUP_WINDOW_SECONDS` from one
-    client address (then 429 with `Retry-After`), counted before the password is hashed."""
+    client address (then 429 with `Retry-After`), counted before the password is hashed.
+
+    The email is mailed a verification token (`POST /auth/verify`); until it is used the
+    account's `email_verified` is false (and with `REQUIRE_VERIFIED_EMAIL` it cannot publish).
+    A replayed request (same `Idempotency-Key`) sends no second mail."""
     await service.admit_signup(database, client_address(request), settings)
     # Hashed first: the connection opens the transaction. A replay then costs a hash it did not
     # need, which is cheaper than every keyed sign-up holding a connection while hashing.
@@ -116,6 +124,9 @@ async def create_user(
     if claim.replay is not None:
         return claim.replay
     user = await service.insert_user(session, data, password_hash)
+    mail = await accounts.start_verification(connection, user.id, user.email, settings)
+    # Sent after the response, so after the commit: the mail never names an unstored token.
+    background.add_task(mailer.deliver, [mail])
     return await idempotency.complete(
         connection,
         claim,
@@ -195,6 +206,8 @@ async def update_user(
     settings: SettingsDep,
     request: Request,
     response: Response,
+    background: BackgroundTasks,
+    mailer: MailerDep,
     if_match: IfMatchHeader = None,
 ) -> UserRead:
     """Change a user (themself, or any as an admin). A new password ends every other session of
@@ -204,15 +217,30 @@ async def update_user(
     login in the last `RECENT_LOGIN_MINUTES`, or `current_password` (403 without either; a
     wrong one counts as a failed login, 429 past the limits). Admins changing another
     user need neither.
+
+    A new `email` is mailed a verification token and the old one a notice. With
+    `REQUIRE_VERIFIED_EMAIL` the change takes effect only when the token is used (`POST
+    /auth/verify`): until then the response shows the current address. Without it, the
+    new address is the account's at once, with `email_verified` false.
     """
     password_hash = await service.prepare_update(
         database, caller, user_id, data, client_address(request), settings
     )
     # The session takes its connection only now, after the hashing.
     me = await current_user(await session.connection(), caller)
+    outbox: list[Mail] = []
     user = await service.update_user(
-        session, user_id, data, me, password_hash, if_match, actor_session=caller.session_id
+        session,
+        user_id,
+        data,
+        me,
+        password_hash,
+        if_match,
+        actor_session=caller.session_id,
+        settings=settings,
+        outbox=outbox,
     )
+    background.add_task(mailer.deliver, outbox)
     response.headers["ETag"] = etag(user.version)
     return service.to_read(user, viewer=me)
 

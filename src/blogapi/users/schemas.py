@@ -125,6 +125,10 @@ class UserRead(BaseModel):
         description="Whether the account may log in (an admin may disable it). Shown only to the user"
         " themself and to admins."
     )
+    email_verified: bool | None = Field(
+        description="Whether the owner proved `email` is theirs (a token mailed to it, `POST"
+        " /auth/verify`). Shown only to the user themself and to admins."
+    )
     created_at: datetime
     updated_at: datetime
 

@@ -12,8 +12,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from blogapi import search
+from blogapi.auth import accounts, throttle
 from blogapi.auth import service as auth_service
-from blogapi.auth import throttle
 from blogapi.auth.security import TokenSubject, hash_password
 from blogapi.auth.sessions import service as sessions_service
 from blogapi.auth.sessions.models import LoginSession
@@ -27,6 +27,7 @@ from blogapi.db import (
     violates,
 )
 from blogapi.errors import EmailTaken, Forbidden, NotFound, ReauthenticationRequired, Unauthorized
+from blogapi.mail import Mail
 from blogapi.pagination import PageParams, SearchPage
 from blogapi.preconditions import etag, require_match
 from blogapi.users.models import User
@@ -46,6 +47,7 @@ _USER_COLUMNS: AnySelect = select(
     User.email,
     User.is_admin,
     User.is_active,
+    User.email_verified,
     User.created_at,
     User.updated_at,
     User.version,
@@ -85,6 +87,7 @@ def to_read(user: Account, viewer: Account | None) -> UserRead:
         email=user.email if can_manage(viewer, user) else None,
         is_admin=user.is_admin,
         is_active=user.is_active if can_manage(viewer, user) else None,
+        email_verified=user.email_verified if can_manage(viewer, user) else None,
         created_at=user.created_at,
         updated_at=user.updated_at,
     )
@@ -294,11 +297,17 @@ async def update_user(
     if_match: str | None,
     *,
     actor_session: int,
+    settings: Settings,
+    outbox: list[Mail],
 ) -> User:
     """Apply `data`; `password_hash` is that of `data.password`, from `prepare_update`.
 
     A new password ends every session of the user but the one changing it (`actor_session`):
     one's own other devices, or all of them when an admin sets it.
+
+    A new email is mailed a verification token and the old one a notice (appended to
+    `outbox`, to send after commit). With REQUIRE_VERIFIED_EMAIL the email stays as it is
+    until the new address is verified; without, it changes now, unverified.
     """
     user = await get_user(session, user_id, for_update=True)
     if not can_manage(actor, user):
@@ -319,6 +328,15 @@ async def update_user(
         changes["password_hash"] = password_hash
         keep = actor_session if actor.id == user.id else None
         await sessions_service.revoke_all(await session.connection(), user.id, keep=keep)
+    if "email" in changes:
+        new_email = changes.pop("email")
+        if new_email != user.email:
+            outbox += await accounts.change_email(
+                await session.connection(), user.id, user.email, new_email, settings
+            )
+            if not settings.require_verified_email:
+                changes["email"] = new_email
+                changes["email_verified"] = False
     for field, value in changes.items():
         setattr(user, field, value)
     await _flush_unique_email(session)
