@@ -60,6 +60,7 @@ def test_operation_ids_are_the_endpoint_names(document: dict[str, Any]) -> None:
         "end_my_session",
         "live",
         "ready",
+        "version",
     }
 
 
