@@ -200,3 +200,22 @@ def test_the_standard_otel_variables_decide_whether_traces_are_exported(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert Settings(_env_file=None).tracing_exporter == exporter
+
+
+async def test_a_request_continues_the_trace_its_client_sent_in_traceparent(
+    settings: Settings, database: Database
+) -> None:
+    exporter = InMemorySpanExporter()
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    parent = "00f067aa0ba902b7"
+    async with serving(create_app(settings, database, span_exporter=exporter)) as client:
+        response = await client.get(
+            "/api/v1/posts",
+            headers={"X-Request-ID": "trace-continued", "traceparent": f"00-{trace_id}-{parent}-01"},
+        )
+        assert response.status_code == 200, response.text
+    server = _server_span(_of_request(exporter.get_finished_spans(), "trace-continued"))
+    assert server.context is not None
+    assert format(server.context.trace_id, "032x") == trace_id
+    assert server.parent is not None
+    assert format(server.parent.span_id, "016x") == parent
