@@ -4,22 +4,23 @@ with both off, measured side by side in one run.
 Issue 13 asks that logging in JSON (`LOG_FORMAT=json`, the access line of every request)
 and metrics (`METRICS_TOKEN`, prometheus-client in multiprocess mode as `blogapi serve`
 sets it up) cost at most 10% against the same build with both off (`LOG_LEVEL=WARNING`: no
-access line; no metrics token). Each configuration runs as `blogapi serve` (one worker, as
-shipped) with its log going to a file; the two are started in turn, `--rounds` times each,
-alternating, so that a change in the shared machine's load hits both alike. Each round
-sends `--requests` requests per endpoint over `--connections` connections and reads the
-server's CPU time (user + system, from /proc): CPU per request is the figure compared,
-requests per second is shown beside it. The best round of each configuration is kept.
+access line; no metrics token). Both configurations run at once as `blogapi serve` (one
+worker each, as shipped), each logging to a file; wrk loads one, then the other, in short
+bursts whose order alternates, so that the shared machine's changing load falls on both
+alike. The server's CPU time (user + system, from /proc) over its bursts, divided by the
+requests answered, is the figure compared; requests per second are shown beside it.
 
     .venv/bin/python bench/observability.py            # PostgreSQL, blogapi_bench_observability
-    .venv/bin/python bench/observability.py --quick    # fewer requests, 2 rounds
+    .venv/bin/python bench/observability.py --quick    # 4 bursts of 1 s
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import re
 import secrets
 import signal
 import socket
@@ -27,7 +28,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -59,9 +61,14 @@ def cpu_seconds(pid: int) -> float:
 
 
 @dataclass
-class Round:
-    cpu_us: dict[str, float]
-    rate: dict[str, float]
+class Tally:
+    """One server's CPU seconds, requests and wrk seconds on one endpoint, over its bursts."""
+
+    cpu: float = 0.0
+    requests: int = 0
+    seconds: float = 0.0
+    bursts: list[float] = field(default_factory=list)
+    """CPU microseconds per request of each burst."""
 
 
 async def prepare(base_url: str) -> dict[str, str]:
@@ -83,29 +90,23 @@ async def prepare(base_url: str) -> dict[str, str]:
     return headers
 
 
-async def measure(base_url: str, pid: int, headers: dict[str, str], requests: int, connections: int) -> Round:
-    result = Round({}, {})
-    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
-        for endpoint in ENDPOINTS:
-            method, _, target = endpoint.partition(" ")
-
-            async def worker(count: int, target: str = target, method: str = method) -> None:
-                for _ in range(count):
-                    response = await client.request(method, target, headers=headers)
-                    assert response.status_code == 200, response.text
-
-            await asyncio.gather(*(worker(30) for _ in range(connections)))  # warm-up
-            per_connection = requests // connections
-            cpu_before, started = cpu_seconds(pid), time.perf_counter()
-            await asyncio.gather(*(worker(per_connection) for _ in range(connections)))
-            elapsed, cpu = time.perf_counter() - started, cpu_seconds(pid) - cpu_before
-            done = per_connection * connections
-            result.cpu_us[endpoint] = cpu / done * 1e6
-            result.rate[endpoint] = done / elapsed
-    return result
+def wrk(url: str, headers: dict[str, str], seconds: float, connections: int) -> int:
+    """Requests wrk completed in `seconds`; every answer must be a 2xx."""
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s"]
+    for name, value in headers.items():
+        argv += ["-H", f"{name}: {value}"]
+    done = subprocess.run([*argv, url], capture_output=True, text=True, check=True, timeout=seconds + 60)  # noqa: S603
+    if "Non-2xx" in done.stdout or "Socket errors" in done.stdout:
+        raise SystemExit(f"wrk met errors on {url}:\n{done.stdout}")
+    found = re.search(r"(\d+) requests in", done.stdout)
+    if found is None:
+        raise SystemExit(f"no request count in wrk's output:\n{done.stdout}")
+    return int(found.group(1))
 
 
-def run_round(env: dict[str, str], log: Path, requests: int, connections: int) -> Round:
+@contextlib.contextmanager
+def running(env: dict[str, str], log: Path) -> Iterator[tuple[str, int]]:
+    """`blogapi serve` (one worker) until the block ends; its base URL and pid once ready."""
     port = free_port()
     blogapi = [sys.executable, "-c", "from blogapi.cli import main; main()"]
     with log.open("ab") as output:
@@ -128,9 +129,7 @@ def run_round(env: dict[str, str], log: Path, requests: int, connections: int) -
             time.sleep(0.25)
         else:
             raise SystemExit(f"the server never became ready; see {log}")
-        headers = asyncio.run(prepare(base_url))
-        # The server process itself: uvicorn runs in it with one worker.
-        return asyncio.run(measure(base_url, server.pid, headers, requests, connections))
+        yield base_url, server.pid  # uvicorn runs in this process itself with one worker
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(60)
@@ -141,13 +140,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--database-url", default=DEFAULT_URL)
-    parser.add_argument("--requests", type=int, default=3000, help="per endpoint and round")
+    parser.add_argument("--seconds", type=float, default=2, help="of each burst of wrk")
+    parser.add_argument("--bursts", type=int, default=12, help="per endpoint and configuration")
     parser.add_argument("--connections", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="1000 requests, 2 rounds")
+    parser.add_argument("--quick", action="store_true", help="4 bursts of 1 s")
     options = parser.parse_args()
     if options.quick:
-        options.requests, options.rounds = 1000, 2
+        options.seconds, options.bursts = 1, 4
     base = {
         name: value
         for name, value in os.environ.items()
@@ -161,35 +160,58 @@ def main() -> None:
     }
     blogapi = [sys.executable, "-c", "from blogapi.cli import main; main()"]
     subprocess.run([*blogapi, "db", "upgrade"], env=base, check=True, capture_output=True, timeout=300)  # noqa: S603
-    rounds: dict[str, list[Round]] = {name: [] for name in CONFIGURATIONS}
-    with tempfile.TemporaryDirectory(prefix="blogapi-bench-observability-") as directory:
-        for number in range(options.rounds):
-            for name, settings in CONFIGURATIONS.items():
-                log = Path(directory) / f"{name.replace(' ', '-')}.log"
-                rounds[name].append(run_round(base | settings, log, options.requests, options.connections))
-                print(f"round {number + 1}/{options.rounds}: {name} done", file=sys.stderr)
+    tallies = {name: {endpoint: Tally() for endpoint in ENDPOINTS} for name in CONFIGURATIONS}
+    with contextlib.ExitStack() as stack:
+        directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="blogapi-bench-obs-")))
+        servers = {
+            name: stack.enter_context(running(base | settings, directory / f"{number}.log"))
+            for number, (name, settings) in enumerate(CONFIGURATIONS.items())
+        }
+        first_url = next(iter(servers.values()))[0]
+        headers = asyncio.run(prepare(first_url))  # one account, one key: the token serves both
+        for endpoint in ENDPOINTS:
+            path = endpoint.partition(" ")[2]
+            for base_url, _ in servers.values():
+                wrk(base_url + path, headers, 2, options.connections)  # warm-up
+            for burst in range(options.bursts):
+                # Each burst of one beside one of the other, the order alternating.
+                order = list(servers.items()) if burst % 2 == 0 else list(servers.items())[::-1]
+                for name, (base_url, pid) in order:
+                    cpu_before, started = cpu_seconds(pid), time.perf_counter()
+                    done = wrk(base_url + path, headers, options.seconds, options.connections)
+                    elapsed, spent = time.perf_counter() - started, cpu_seconds(pid) - cpu_before
+                    tally = tallies[name][endpoint]
+                    tally.cpu += spent
+                    tally.requests += done
+                    tally.seconds += elapsed
+                    tally.bursts.append(spent / done * 1e6)
+            print(f"{endpoint}: done", file=sys.stderr)
         lines = {
-            name: (Path(directory) / f"{name.replace(' ', '-')}.log").read_text().count("\n")
-            for name in rounds
+            name: (directory / f"{number}.log").read_text().count("\n") for number, name in enumerate(servers)
         }
     off, on = CONFIGURATIONS
     print(
-        f"\nlogs and metrics: one uvicorn worker, {options.connections} connections,"
-        f" best of {options.rounds} rounds"
+        f"\nlogs and metrics: one uvicorn worker each, both running, wrk {options.connections} connections,"
+        f" {options.bursts} alternating bursts of {options.seconds:g} s per endpoint and configuration"
     )
     print(f"| endpoint | {off}: µs CPU/req (req/s) | {on}: µs CPU/req (req/s) | CPU ratio |")
     print("|---|---|---|---|")
     worst = 0.0
     for endpoint in ENDPOINTS:
-        cpu = {name: min(result.cpu_us[endpoint] for result in rounds[name]) for name in rounds}
-        rate = {name: max(result.rate[endpoint] for result in rounds[name]) for name in rounds}
+        cpu = {name: tallies[name][endpoint].cpu / tallies[name][endpoint].requests * 1e6 for name in tallies}
+        rate = {name: tallies[name][endpoint].requests / tallies[name][endpoint].seconds for name in tallies}
         ratio = cpu[on] / cpu[off]
         worst = max(worst, ratio)
         print(
             f"| {endpoint} | {cpu[off]:.0f} ({rate[off]:.0f})"
             f" | {cpu[on]:.0f} ({rate[on]:.0f}) | {ratio:.3f} |"
         )
-    print(f"\nlog lines written: {lines}")
+    for name in tallies:
+        spread = {
+            endpoint: [round(value) for value in tallies[name][endpoint].bursts] for endpoint in ENDPOINTS
+        }
+        print(f"bursts, µs CPU/request, {name}: {spread}")
+    print(f"log lines written: {lines}")
     verdict = "within" if worst <= TARGET else "OVER"
     print(f"worst CPU ratio {worst:.3f}: {verdict} the {TARGET:.2f} target")
 

@@ -10,7 +10,10 @@ On:
   method and the route template, with `http.route`), given the request id
   (`blogapi.request_id`) by `observe.RequestObserver` through `tag_request`;
 - each SQL statement is a client span (opentelemetry-instrumentation-sqlalchemy's
-  `EngineTracer` on the engines' `sync_engine`): the statement's text, never its parameters;
+  `EngineTracer` on the engines' `sync_engine`): the statement's text, never its parameters.
+  `EngineTracer` is used directly, per engine: the instrumentor's `instrument()` patches
+  `create_engine` and `Engine.connect` process-wide, once, and refuses SQLAlchemy 2.1 (its
+  `instruments` extra says <2.1, though the engine events it listens to are unchanged);
 - each password hash or verification is a span (`password.hash`, `password.verify`) around
   the Argon2 call, in its worker thread (anyio copies the context there);
 - every span started while a request runs carries its id (`RequestIdSpanProcessor`).
