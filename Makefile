@@ -88,6 +88,7 @@ bench: install  ## benchmark blogapi against two baselines, and its lists at 10k
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null || exit 1; \
 	fi
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python bench/observability.py $(if $(findstring --quick,$(BENCH_ARGS)),--quick)
 
 fuzz: install  ## schemathesis against the running service, per backend (~15 min; BACKENDS=sqlite, ROLES=user, FUZZ_ARGS=--seed 7)
 	$(BIN)/python fuzz/run.py $(if $(BACKENDS),--backends $(BACKENDS)) $(if $(ROLES),--roles $(ROLES)) $(FUZZ_ARGS)

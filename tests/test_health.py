@@ -6,21 +6,23 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from alembic import command
 from asgi_lifespan import LifespanManager
-from conftest import TEST_SECRET, assert_problem, upgrade
+from conftest import TEST_SECRET, StatementCounter, assert_problem, upgrade
 from fastapi import FastAPI, Request
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from blogapi import __version__
 from blogapi.cli import alembic_config
 from blogapi.config import Environment, Settings
-from blogapi.db import get_database
+from blogapi.db import Database, get_database
 from blogapi.errors import database_cause
 from blogapi.health import head_revision
 from blogapi.main import create_app
@@ -172,3 +174,53 @@ def test_the_cause_masks_parameters_the_password_and_the_secret_key_the_driver_r
     request: Any = _Request(with_password)
     cause = database_cause(request, error)
     assert cause == "Exception: invalid input for $1: '***'; login ***; ***; id 7"
+
+
+# --- version -----------------------------------------------------------------------------------
+
+
+async def test_version_gives_the_package_version_and_the_databases_schema_revision_read_once(
+    client: httpx.AsyncClient, statements: StatementCounter
+) -> None:
+    first = await client.get("/version")
+    assert first.status_code == 200, first.text
+    assert first.json() == {
+        "version": __version__,
+        "revision": None,
+        "schema_revision": head_revision(),
+        "expected_schema_revision": head_revision(),
+    }
+    assert statements.count >= 1
+    statements.reset()
+    again = await client.get("/version")
+    assert again.json() == first.json()
+    assert statements.count == 0
+
+
+async def test_version_gives_the_source_revision_from_blogapi_revision(
+    settings: Settings, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BLOGAPI_REVISION", "0123abc")
+    revised = Settings(**settings.model_dump(exclude={"revision"}), _env_file=None)
+    assert revised.revision == "0123abc"
+    async with serving(create_app(revised, database)) as client:
+        response = await client.get("/version")
+    assert response.json()["revision"] == "0123abc"
+
+
+async def test_version_answers_with_an_unknown_schema_revision_while_the_database_is_unreachable(
+    settings: Settings, tmp_path: Path
+) -> None:
+    unreachable = f"sqlite+aiosqlite:///{tmp_path / 'no-such-folder' / 'blogapi.db'}"
+    async with serving(_on(settings, unreachable)) as client:
+        response = await client.get("/version")
+    assert response.status_code == 200, response.text
+    assert response.json()["schema_revision"] is None
+    assert response.json()["expected_schema_revision"] == head_revision()
+
+
+def test_version_is_declared_in_the_openapi_document(settings: Settings) -> None:
+    operation = create_app(settings).openapi()["paths"]["/version"]["get"]
+    assert operation["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Version"
+    }

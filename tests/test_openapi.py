@@ -64,6 +64,7 @@ def test_operation_ids_are_the_endpoint_names(document: dict[str, Any]) -> None:
         "resend_verification",
         "live",
         "ready",
+        "version",
     }
 
 

@@ -14,6 +14,7 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -21,6 +22,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from importlib.metadata import version as package_version
 from ipaddress import ip_address
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -183,6 +185,10 @@ def serve(
     from blogapi.logs import configure_logging
 
     configure_logging(current)
+    # uvicorn, with one worker, stops on SIGTERM and then raises it again with the handler it
+    # found, Python's default, which kills the process (status -15) before the metrics
+    # directory is removed. Exiting with 0 instead is what a supervisor expects of a clean stop.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     with _metrics_directory(current):
         if current.metrics_port is not None:
             from blogapi.metrics import serve_port  # after the directory is set: see _metrics_directory
@@ -197,11 +203,17 @@ def serve(
             proxy_headers=bool(proxies),
             forwarded_allow_ips=",".join(proxies) if proxies else None,
             timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
+            # Requests in flight when the listener closes have this long to finish.
+            timeout_graceful_shutdown=current.shutdown_timeout,
             # Every line goes through blogapi's configuration (logs.py), whose access log
             # (one line per request, with its id and route) replaces uvicorn's.
             log_config=None,
             access_log=False,
         )
+
+
+def _exit_cleanly(_number: int, _frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 METRICS_DIRECTORY_ENV = "PROMETHEUS_MULTIPROC_DIR"

@@ -47,6 +47,7 @@ class DatabasePooler(StrEnum):
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LogFormat = Literal["json", "text"]
+TracesExporter = Literal["otlp", "console", "none"]
 MIN_METRICS_TOKEN_LENGTH = 16
 
 
@@ -144,6 +145,22 @@ class Settings(BaseSettings):
     password_reset_window_seconds: int = Field(default=3600, ge=1)
     # The admin console at /admin (README, "Admin console"): a 404 unless enabled.
     admin_enabled: bool = False
+    # Stopping (README, "Operating blogapi"): on SIGTERM /health/ready answers 503 at once,
+    # the listener stays open SHUTDOWN_DRAIN more seconds (for a load balancer to see it),
+    # then closes, and requests in flight have SHUTDOWN_TIMEOUT seconds to finish.
+    shutdown_timeout: int = Field(default=20, ge=1)
+    shutdown_drain: float = Field(default=0.0, ge=0)
+    # The source revision this build was made from (GET /version); else read from the
+    # package's REVISION file, written at build time, if there is one.
+    revision: str | None = Field(default=None, validation_alias="BLOGAPI_REVISION", max_length=64)
+    # Traces (OpenTelemetry, tracing.py), by the standard variables: on with
+    # OTEL_TRACES_EXPORTER=otlp (or console), or with an OTLP endpoint given and
+    # OTEL_TRACES_EXPORTER unset; off with OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none.
+    # The exporter reads the other OTEL_EXPORTER_OTLP_* variables (headers, protocol) itself.
+    otel_traces_exporter: TracesExporter | None = None
+    otel_exporter_otlp_endpoint: str | None = None
+    otel_exporter_otlp_traces_endpoint: str | None = None
+    otel_sdk_disabled: bool = False
 
     @field_validator("database_url")
     @classmethod
@@ -180,6 +197,22 @@ class Settings(BaseSettings):
     @classmethod
     def lower_case(cls, value: object) -> object:
         return (value.strip().lower() or None) if isinstance(value, str) else value
+
+    @field_validator("otel_traces_exporter", mode="before")
+    @classmethod
+    def exporter_name(cls, value: object) -> object:
+        return (value.strip().lower() or None) if isinstance(value, str) else value
+
+    @property
+    def tracing_exporter(self) -> TracesExporter | None:
+        """The exporter traces go to; None when tracing is off."""
+        if self.otel_sdk_disabled or self.otel_traces_exporter == "none":
+            return None
+        if self.otel_traces_exporter is not None:
+            return self.otel_traces_exporter
+        if self.otel_exporter_otlp_endpoint or self.otel_exporter_otlp_traces_endpoint:
+            return "otlp"
+        return None
 
     @field_validator("metrics_token")
     @classmethod

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.security.base import SecurityBase
+from fastapi.telemetry import TelemetryConfig
 
 from blogapi import __version__, health, observe
 from blogapi.auth.router import router as auth_router
@@ -24,7 +26,17 @@ from blogapi.pagination import CursorCodec
 from blogapi.posts.router import router as posts_router
 from blogapi.users.router import router as users_router
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+    from blogapi.tracing import Tracing
+
 API_PREFIX = "/api/v1"
+# FastAPI's native OpenTelemetry, off unless tracing is (tracing.py): on, it would look up
+# the global providers on every request.
+TELEMETRY_OFF: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+
+logger = logging.getLogger(__name__)
 
 # Every header the API defines beyond the CORS-safelisted ones, by the way it travels: a
 # browser page may send the request headers (preflights allow them) and read the response
@@ -50,25 +62,44 @@ RESPONSE_HEADERS = (
 )
 
 
-def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    database: Database | None = None,
+    *,
+    span_exporter: SpanExporter | None = None,
+) -> FastAPI:
     """Build the app. Nothing connects until the lifespan starts.
 
     `database` lets a caller (tests, the benchmark) supply the engine; the app then
-    leaves disposing it to them.
+    leaves disposing it to them. `span_exporter` turns tracing on, each span sent to it
+    as it ends (tests).
     """
     settings = settings or get_settings()
+    tracing: Tracing | None = None
+    telemetry = TELEMETRY_OFF
+    if settings.tracing_exporter is not None or span_exporter is not None:
+        from blogapi.tracing import Tracing  # imports the OpenTelemetry SDK: only when tracing
+
+        tracing = Tracing(settings, span_exporter)
+        telemetry = tracing.fastapi_telemetry()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.database = database or Database.from_settings(settings)
         if app.state.database.read_engine.replicas:
             app.state.database.read_engine.watch()  # replicas are used once checked
+        if tracing is not None:
+            tracing.start(app.state.database)
         try:
-            async with observe.running(app, app.state.database):
-                yield
+            with health.draining(app, settings):
+                async with observe.running(app, app.state.database):
+                    yield
         finally:
             if database is None:
                 await app.state.database.dispose()
+                logger.info("database pool disposed")
+            if tracing is not None:
+                tracing.stop()
 
     app = FastAPI(
         title="blogapi",
@@ -84,6 +115,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
             " old, and one with a malformed value is read as if it sent none."
         ),
         lifespan=lifespan,
+        telemetry=telemetry,
         # FastAPI's pages load Swagger UI and ReDoc from a CDN; install_docs serves them offline.
         docs_url=None,
         redoc_url=None,
@@ -94,6 +126,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     # document gives. A trailing slash is a 404.
     app.router.redirect_slashes = False
     app.state.settings = settings
+    app.state.tracing = tracing
     app.state.cursor_codec = CursorCodec(settings.secret_key.get_secret_value().encode())
 
     # Any route that touches the database answers 503 + Retry-After when it cannot. Routes
@@ -105,6 +138,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         from blogapi import admin  # Jinja2 and the templates load only for a console that is on
 
         admin.install(app)
+    app.include_router(health.version_router)
     install_docs(app)
     install_error_handlers(app)
 

@@ -129,7 +129,7 @@ class Metrics:
         self.unavailable = Counter(
             "blogapi_http_unavailable",
             "503 responses, by cause: pool_exhausted, statement_timeout, transient_conflict,"
-            " database_connection_lost, database_unavailable, other.",
+            " database_connection_lost, database_unavailable, shutting_down, other.",
             ("cause",),
             registry=own,
         )

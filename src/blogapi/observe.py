@@ -59,8 +59,10 @@ class RequestObserver:
         fastapi: FastAPI,
         settings: Settings,
         metrics: Metrics | None,
+        tag_request: Callable[[str], None] | None = None,
     ) -> None:
         self.app = app
+        self.tag_request = tag_request
         self.fastapi = fastapi
         self.secret = settings.secret_key.get_secret_value()
         self.metrics = metrics
@@ -97,6 +99,8 @@ class RequestObserver:
         if request_id is None:
             request_id = os.urandom(12).hex()
         token = logs.request_id_var.set(request_id)
+        if self.tag_request is not None:
+            self.tag_request(request_id)
         id_header = (b"x-request-id", request_id.encode())
         # The request's own copy, as the ASGI spec has servers do (asgi-lifespan, in tests,
         # hands every request the same dict): what the error handlers note is per request.
@@ -182,10 +186,18 @@ def install(app: FastAPI, settings: Settings) -> None:
 
         metrics = Metrics(settings)
     app.state.metrics = metrics
+    tag_request: Callable[[str], None] | None = None
+    if getattr(app.state, "tracing", None) is not None:
+        from blogapi import tracing
+
+        tag_request = tracing.tag_request
+
     build = app.build_middleware_stack
 
     def build_observed_stack() -> ASGIApp:
-        return RequestObserver(build(), fastapi=app, settings=settings, metrics=metrics)
+        return RequestObserver(
+            build(), fastapi=app, settings=settings, metrics=metrics, tag_request=tag_request
+        )
 
     app.build_middleware_stack = build_observed_stack  # type: ignore[method-assign]
 
