@@ -27,18 +27,17 @@ import httpx
 import pytest
 from conftest import REQUIRED, upgrade
 from fault_support import Writer, assert_whole_and_stored, create_writers, post_body, running_app, tag_counts
-from sqlalchemy import select, text
+from sqlalchemy import make_url, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from blogapi.db import parse_lsn
 from blogapi.posts.models import Post
 
 SCRIPT = Path(__file__).parents[2] / "deploy" / "failover.sh"
 MONITOR_PORT = int(os.environ.get("BLOGAPI_TEST_FAILOVER_PORT", "5440"))
 NODE_PORTS = (MONITOR_PORT + 1, MONITOR_PORT + 2)
 HOSTS = "&".join(f"host=127.0.0.1:{port}" for port in NODE_PORTS)
-DATABASE = "blogapi_failover"
-URL = f"postgresql+asyncpg://postgres@/{DATABASE}?{HOSTS}&target_session_attrs=read-write"
 ADMIN_URL = f"postgresql+asyncpg://postgres@/postgres?{HOSTS}&target_session_attrs=read-write"
 
 POOL_TIMEOUT = 2.0
@@ -57,9 +56,12 @@ def _script(command: str, timeout: float) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def formation() -> Iterator[None]:
-    """A fresh formation (a primary and its synchronous secondary), destroyed afterwards."""
+    """A fresh formation (a primary and its synchronous secondary), destroyed after the module.
+
+    The failover test, last in the module, leaves it without a secondary.
+    """
     reason = ""
     if shutil.which("pg_autoctl") is None:
         reason = "pg_autoctl is not installed (Debian: postgresql-15-auto-failover)"
@@ -96,18 +98,24 @@ async def _writable_port() -> int:
     return port
 
 
-async def _create_database() -> None:
+def _url(database: str) -> str:
+    """The database on whichever node is writable: the multi-host URL blogapi is given."""
+    return f"postgresql+asyncpg://postgres@/{database}?{HOSTS}&target_session_attrs=read-write"
+
+
+async def _create_database(database: str) -> str:
     admin = create_async_engine(ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     try:
         async with asyncio.timeout(30), admin.connect() as connection:
-            await connection.execute(text(f'CREATE DATABASE "{DATABASE}"'))
+            await connection.execute(text(f'CREATE DATABASE "{database}"'))
     finally:
         await admin.dispose()
-    await asyncio.to_thread(upgrade, URL)
+    await asyncio.to_thread(upgrade, _url(database))
+    return _url(database)
 
 
-async def _stored_titles() -> Counter[str]:
-    engine = create_async_engine(URL, poolclass=NullPool)
+async def _stored_titles(url: str) -> Counter[str]:
+    engine = create_async_engine(url, poolclass=NullPool)
     try:
         async with asyncio.timeout(30), engine.connect() as connection:
             return Counter((await connection.execute(select(Post.title))).scalars())
@@ -176,15 +184,63 @@ async def _write(client: httpx.AsyncClient, writer: Writer, number: int, load: L
             return
 
 
+async def _replayed(secondary_url: str, primary_url: str) -> None:
+    """Wait (bounded) until the secondary has replayed what the primary has now."""
+    primary = create_async_engine(primary_url, poolclass=NullPool)
+    secondary = create_async_engine(secondary_url, poolclass=NullPool)
+    try:
+        async with primary.connect() as connection:
+            target = parse_lsn(await connection.scalar(text("SELECT pg_current_wal_insert_lsn()::text")))
+        async with secondary.connect() as connection:
+            for _ in range(200):
+                replayed = parse_lsn(await connection.scalar(text("SELECT pg_last_wal_replay_lsn()::text")))
+                if replayed is not None and target is not None and replayed >= target:
+                    return
+                await asyncio.sleep(0.05)
+    finally:
+        await primary.dispose()
+        await secondary.dispose()
+    raise AssertionError(f"the secondary did not replay {target}")
+
+
+async def test_no_writable_node_is_a_503_with_retry_after(formation: None) -> None:
+    """What the app meets while the formation switches: nodes that take no writes."""
+    async with asyncio.timeout(TEST_BOUND):
+        url = await _create_database("blogapi_failover_read_only")
+        writer = (await create_writers(url, 1))[0]
+        primary_port = await _writable_port()
+        secondary_port = next(port for port in NODE_PORTS if port != primary_port)
+        secondary = make_url(url).set(host="127.0.0.1", port=secondary_port, query={})
+        await _replayed(secondary.render_as_string(), url)
+        # Only the secondary listed: asyncpg finds no host that is read-write.
+        no_writable = secondary.update_query_dict({"target_session_attrs": "read-write"})
+        # The secondary as a single host: the app connects, and a write is refused (25006),
+        # as on a primary that has just been demoted.
+        for database_url in (no_writable.render_as_string(), secondary.render_as_string()):
+            async with running_app(
+                database_url, pool_size=2, max_overflow=0, pool_timeout=POOL_TIMEOUT
+            ) as app:
+                response = await app.client.post(
+                    "/api/v1/posts",
+                    json=post_body("read-only"),
+                    headers=writer.headers | {"Idempotency-Key": "read-only"},
+                )
+            assert response.status_code == 503, (database_url, response.text)
+            assert response.headers["retry-after"] == "1"
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.json()["type"] == "https://blogapi.dev/problems/service-unavailable"
+        assert await _stored_titles(url) == Counter()
+
+
 async def test_the_app_follows_the_promoted_secondary_and_loses_no_acknowledged_write(
     formation: None,
 ) -> None:
     async with asyncio.timeout(TEST_BOUND):
-        await _create_database()
+        url = await _create_database("blogapi_failover")
         old_primary = await _writable_port()
-        writers = await create_writers(URL, WRITERS)
+        writers = await create_writers(url, WRITERS)
         load = Load()
-        async with running_app(URL, pool_size=4, max_overflow=2, pool_timeout=POOL_TIMEOUT) as app:
+        async with running_app(url, pool_size=4, max_overflow=2, pool_timeout=POOL_TIMEOUT) as app:
 
             async def kill() -> None:
                 await asyncio.sleep(BEFORE_KILL)
@@ -202,10 +258,10 @@ async def test_the_app_follows_the_promoted_secondary_and_loses_no_acknowledged_
         assert new_primary != old_primary, "the secondary was not promoted"
         assert load.refused, f"no write met the failover (statuses {dict(load.statuses)})"
         assert load.first_after_kill is not None
-        stored = await _stored_titles()
+        stored = await _stored_titles(url)
         # Every acknowledged write is there once; a write retried with its key was not made twice.
         assert {f"post {key}": 1 for key in load.acknowledged} == stored
-        assert_whole_and_stored(load.acknowledged.values(), await tag_counts(URL))
+        assert_whole_and_stored(load.acknowledged.values(), await tag_counts(url))
         print(
             f"\nfailover: primary 127.0.0.1:{old_primary} killed, 127.0.0.1:{new_primary} promoted;"
             f" {acknowledged} writes acknowledged and all stored; {len(load.refused)} answers 503"
