@@ -20,7 +20,8 @@
 #
 # The monitor's timings are shortened for a test machine (a node is failed over ~2 s after
 # it stops answering, and the promoted node waits 3 s for the old primary to demote itself
-# instead of 30 s); production keeps pg_auto_failover's defaults (docs/scaling.md).
+# instead of 30 s; a primary cut off from the monitor and its standby demotes itself after
+# 2 s instead of 20 s); production keeps pg_auto_failover's defaults (docs/scaling.md).
 # Authentication is trust from 127.0.0.1 and no TLS, as the other local clusters of a test
 # machine; production formations use --auth scram-sha-256 and --ssl-mode verify-full.
 #
@@ -107,7 +108,8 @@ create_monitor() {
     # Failover in seconds on a test machine (pg_auto_failover's defaults in parentheses):
     # health checks every second (5 s), one retry (2) after 0.5 s (2 s), a node unhealthy 2 s
     # after its last report (20 s), and the promoted node's wait for the old primary to
-    # demote itself 3 s (30 s): the time writes are refused after a primary dies.
+    # demote itself 3 s (30 s): most of the time writes are refused after a primary dies.
+    # The nodes' network_partition_timeout (create_node) must stay below the last one.
     as_owner "$bin/psql" -X -q -h 127.0.0.1 -p "$port" -d pg_auto_failover \
         -c "ALTER SYSTEM SET pgautofailover.health_check_period = 1000" \
         -c "ALTER SYSTEM SET pgautofailover.health_check_timeout = 1000" \
@@ -125,6 +127,10 @@ create_node() {  # create_node node1 STATE: make it and wait until it reports ST
         --hostname 127.0.0.1 --name "$node" --monitor "$monitor_uri" --auth trust --no-ssl \
         --pg-hba-lan --run
     wait_for "$node becoming $state" "$wait_seconds" test_state "$node" "$state"
+    # A primary that reaches neither the monitor nor its standby demotes itself after this
+    # (20 s): under the monitor's primary_demote_timeout (3 s, below), so that two primaries
+    # never take writes at once.
+    as_owner pg_autoctl config set --pgdata "$dir/$node" timeout.network_partition_timeout 2 >/dev/null
 }
 
 test_state() {
