@@ -14,8 +14,9 @@ export UV_PYTHON := $(PYTHON)
 DEPLOY_TOOLS := /usr/sbin/haproxy:haproxy /usr/sbin/pgbouncer:pgbouncer /usr/bin/socat:socat
 PGBOUNCER_PORT ?= 6432
 REPLICA_PORT ?= 5433
+FAILOVER_PORT ?= 5440
 
-.PHONY: help install run test browser deploy-tools pgbouncer-start pgbouncer-stop replica-start replica-stop lint format clean bench fuzz
+.PHONY: help install run test browser deploy-tools pgbouncer-start pgbouncer-stop replica-start replica-stop failover-start failover-stop lint format clean bench fuzz
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -66,6 +67,12 @@ replica-start:  ## start a streaming replica of 127.0.0.1:5432 on 127.0.0.1:$(RE
 
 replica-stop:  ## stop that replica (its data stays; `deploy/replica.sh destroy` removes it)
 	REPLICA_PORT=$(REPLICA_PORT) deploy/replica.sh stop
+
+failover-start:  ## start a pg_auto_failover formation: monitor on 127.0.0.1:$(FAILOVER_PORT), primary and synchronous secondary on the next two ports
+	FAILOVER_PORT=$(FAILOVER_PORT) deploy/failover.sh start
+
+failover-stop:  ## stop that formation (its data stays; `deploy/failover.sh destroy` removes it)
+	FAILOVER_PORT=$(FAILOVER_PORT) deploy/failover.sh stop
 
 lint: install  ## formatting, lint and strict typing, as CI runs them
 	$(BIN)/ruff format --check .

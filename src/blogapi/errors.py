@@ -10,6 +10,7 @@ from enum import StrEnum
 from http import HTTPStatus
 from typing import Any, ClassVar
 
+from asyncpg.exceptions import TargetServerAttributeNotMatched  # type: ignore[import-untyped]
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -645,8 +646,14 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
         return await _data_error(request, exc)
     # SQLSTATE class 08 (connection), 57P0x (shutting down, starting up), 53300 (too many
     # connections): asyncpg raises these, e.g. during a restart, as plain DBAPIErrors.
+    # During a failover (docs/scaling.md): 25006, a write on a node that turned read-only,
+    # and no host of a multi-host URL writable yet (target_session_attrs=read-write).
     sqlstate = getattr(exc.orig, "sqlstate", None) or ""
-    unavailable = sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03", "53300")
+    unavailable = (
+        sqlstate.startswith("08")
+        or sqlstate in ("57P01", "57P02", "57P03", "53300", "25006")
+        or isinstance(exc.orig.__cause__ if exc.orig else None, TargetServerAttributeNotMatched)
+    )
     if not (
         unavailable
         or exc.connection_invalidated
