@@ -11,7 +11,10 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 
 # Debian's packages the deploy/ files run (haproxy, PgBouncer, socat for haproxy's runtime API).
-DEPLOY_TOOLS := /usr/sbin/haproxy:haproxy /usr/sbin/pgbouncer:pgbouncer /usr/bin/socat:socat
+# pg_auto_failover's package is built per PostgreSQL major version: the one installed here.
+PG_MAJOR ?= $(or $(shell ls /etc/postgresql 2>/dev/null | sort -n | tail -n 1),15)
+DEPLOY_TOOLS := /usr/sbin/haproxy:haproxy /usr/sbin/pgbouncer:pgbouncer /usr/bin/socat:socat \
+	/usr/bin/pg_autoctl:postgresql-$(PG_MAJOR)-auto-failover
 PGBOUNCER_PORT ?= 6432
 REPLICA_PORT ?= 5433
 FAILOVER_PORT ?= 5440
@@ -44,7 +47,7 @@ browser:  ## install Debian's chromium for the browser tests (make test skips th
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || exit 1; \
 	fi
 
-deploy-tools:  ## install Debian's haproxy, pgbouncer and socat, which deploy/ runs (CI requires them)
+deploy-tools:  ## install Debian's haproxy, pgbouncer, socat and pg_auto_failover, which deploy/ runs (CI requires them)
 	@missing=""; for tool in $(DEPLOY_TOOLS); do \
 		[ -x "$${tool%%:*}" ] || missing="$$missing $${tool#*:}"; \
 	done; \
