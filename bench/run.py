@@ -28,7 +28,7 @@ import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from contextlib import suppress
+from contextlib import ExitStack, suppress
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from importlib import metadata
@@ -126,6 +126,9 @@ class Options:
     scale_warmup: int
     scale_connections: int
     mariadb_url: str
+    pgbouncer: bool
+    pgbouncer_rounds: int
+    pgbouncer_port: int
 
     @property
     def posts(self) -> int:
@@ -161,6 +164,10 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         ("workers", "`blogapi serve --workers 1` and `--workers 2` side by side, in alternating rounds"),
         ("soak", "a mixed soak on blogapi: RSS, errors, busy connections afterwards"),
         ("auth", "sign-up and login cost, and GET latency during a burst of logins"),
+        (
+            "pgbouncer",
+            "blogapi direct to PostgreSQL and through PgBouncer side by side, in alternating rounds",
+        ),
     ):
         parser.add_argument(
             f"--{extra}",
@@ -203,6 +210,22 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     )
     parser.add_argument("--auth-seconds", type=int, help="length of each sign-up/login run (default 10)")
     parser.add_argument(
+        "--pgbouncer-only",
+        action="store_true",
+        help="only the PgBouncer part: no baselines, no other extras, no scale runs"
+        " (RESULTS.md is still rewritten unless --quick: add --merge)",
+    )
+    parser.add_argument(
+        "--pgbouncer-rounds", type=int, help="alternating rounds of direct and PgBouncer (default 3)"
+    )
+    parser.add_argument(
+        "--pgbouncer-port",
+        type=int,
+        default=int(os.environ.get("BENCH_PGBOUNCER_PORT", "6439")),
+        help="the port of the PgBouncer the runner starts with deploy/pgbouncer.sh"
+        " (default 6439, env BENCH_PGBOUNCER_PORT; not make pgbouncer-start's 6432)",
+    )
+    parser.add_argument(
         "--time-limit", type=float, default=75.0, help="abort after this many minutes (default 75)"
     )
     parser.add_argument(
@@ -231,7 +254,9 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         parser.error(f"--scale-sizes: numbers of posts, not {sizes!r}")
     if any(size < 100 or size % 10 for size in scale_sizes):
         parser.error("--scale-sizes: multiples of 10 posts, at least 100 (10 posts per user)")
-    extras = not args.scale_only
+    if args.scale_only and args.pgbouncer_only:
+        parser.error("--scale-only and --pgbouncer-only: one of them")
+    extras = not args.scale_only and not args.pgbouncer_only
     return Options(
         rounds=pick(args.rounds, 3, 1),
         duration=pick(args.duration, 10, 3),
@@ -251,9 +276,9 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         time_limit_minutes=args.time_limit,
         write_results_md=not args.quick,
         merge=str(args.merge) if args.merge else None,
-        main=not args.scale_only,
+        main=extras,
         workers_rounds=pick(args.workers_rounds, 2, 1),
-        scale=args.scale or args.scale_only,
+        scale=(args.scale and not args.pgbouncer_only) or args.scale_only,
         scale_sizes=scale_sizes,
         scale_backends=scale_backends,
         scale_rounds=pick(args.scale_rounds, 2, 1),
@@ -261,6 +286,9 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         scale_warmup=pick(args.scale_warmup, 2, 0),
         scale_connections=args.scale_connections,
         mariadb_url=args.mariadb_url,
+        pgbouncer=args.pgbouncer_only or (extras and pick(args.pgbouncer, True, False)),
+        pgbouncer_rounds=pick(args.pgbouncer_rounds, 3, 1),
+        pgbouncer_port=args.pgbouncer_port,
     )
 
 
@@ -331,9 +359,10 @@ class CpuSample:
     server: float
     backends: dict[int, float]  # PostgreSQL backends of the benchmark database, by pid
     wrk: float  # the runner's reaped children: the wrk runs
+    pooler: float = 0.0  # the PgBouncer between the server and PostgreSQL, if any
 
     @classmethod
-    def take(cls, server_pid: int, database: str | None) -> CpuSample:
+    def take(cls, server_pid: int, database: str | None, pooler_pid: int | None = None) -> CpuSample:
         user, nice, system, _idle, _iowait, irq, softirq = (
             int(value) for value in Path("/proc/stat").read_text().split(maxsplit=8)[1:8]
         )
@@ -343,6 +372,7 @@ class CpuSample:
             server=cpu_seconds(server_pid),
             backends={pid: _cpu_seconds([pid]) for pid in backends_of(database)} if database else {},
             wrk=children.ru_utime + children.ru_stime,
+            pooler=_cpu_seconds([pooler_pid]) if pooler_pid is not None else 0.0,
         )
 
     def database_since(self, before: CpuSample) -> float:
@@ -388,10 +418,14 @@ class AppSpec:
 
 
 class Server:
-    """One app server on 127.0.0.1, started in its own process group and stopped with it."""
+    """One app server on 127.0.0.1, started in its own process group and stopped with it.
 
-    def __init__(self, spec: AppSpec, label: str) -> None:
+    `pooler_pid`: the PgBouncer it reaches PostgreSQL through, whose CPU is measured with it.
+    """
+
+    def __init__(self, spec: AppSpec, label: str, pooler_pid: int | None = None) -> None:
         self.spec = spec
+        self.pooler_pid = pooler_pid
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = LOGS / f"{label}.log"
@@ -527,6 +561,7 @@ class Run:
     cpu_ms_per_request: float | None = None  # the server's process tree
     db_cpu_ms_per_request: float | None = None  # PostgreSQL's backends for the benchmark database
     other_cores: float | None = None  # CPU taken by everything else on the machine meanwhile
+    pooler_cpu_ms_per_request: float | None = None  # PgBouncer's process, when the server goes through it
 
 
 @dataclass(frozen=True)
@@ -600,13 +635,19 @@ def measure(server: Server, load: Load, seconds: int, warmup: int, threads: int)
     """Warm up with the scenario itself, then measure it, with who used how much CPU meanwhile."""
     if warmup > 0:
         wrk(server.url, load, warmup, threads)
-    before = CpuSample.take(server.pid, server.database)
+    before = CpuSample.take(server.pid, server.database, server.pooler_pid)
     run = wrk(server.url, load, seconds, threads)
-    after = CpuSample.take(server.pid, server.database)
+    after = CpuSample.take(server.pid, server.database, server.pooler_pid)
     server_cpu, database_cpu = after.server - before.server, after.database_since(before)
-    other = (after.machine - before.machine) - server_cpu - database_cpu - (after.wrk - before.wrk)
+    pooler_cpu = after.pooler - before.pooler
+    other = (
+        (after.machine - before.machine) - server_cpu - database_cpu - pooler_cpu - (after.wrk - before.wrk)
+    )
     return replace(
         run,
+        pooler_cpu_ms_per_request=(
+            round(pooler_cpu * 1000 / run.requests, 3) if run.requests and server.pooler_pid else None
+        ),
         cpu_ms_per_request=round(server_cpu * 1000 / run.requests, 3) if run.requests else None,
         db_cpu_ms_per_request=(
             round(database_cpu * 1000 / run.requests, 3) if run.requests and server.database else None
@@ -1100,6 +1141,171 @@ def workers_rounds(
         "summary": summary,
         "rounds": [
             {label: {name: asdict(run) for name, run in runs.items()} for label, runs in round_.items()}
+            for round_ in rounds
+        ],
+    }
+
+
+# -- PgBouncer beside a direct connection --------------------------------------------------
+
+PGBOUNCER_SCENARIOS = WORKERS_SCENARIOS
+PGBOUNCER_SCRIPT = BENCH.parent / "deploy" / "pgbouncer.sh"
+POOLER_MODES = ("direct", "pgbouncer")
+POOLER_TITLES = {"direct": "direct to PostgreSQL", "pgbouncer": "through PgBouncer"}
+
+
+def pgbouncer_executable() -> str:
+    """Where deploy/pgbouncer.sh finds PgBouncer (Debian's package installs it in /usr/sbin)."""
+    return os.environ.get("PGBOUNCER_BIN") or shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+
+
+def pgbouncer_missing() -> str | None:
+    """Why the PgBouncer part cannot run on this machine, or None when it can."""
+    executable = pgbouncer_executable()
+    if not os.access(executable, os.X_OK):
+        return f"no PgBouncer at {executable}: `make deploy-tools` installs Debian's pgbouncer"
+    return None
+
+
+class PgBouncer:
+    """deploy/pgbouncer.sh's PgBouncer (transaction pooling) on 127.0.0.1:`port`, stopped on exit.
+
+    It fronts the benchmark's PostgreSQL, and is the project's own: the template and script
+    an operator uses (`make pgbouncer-start`), on a port of the runner's.
+    """
+
+    def __init__(self, postgres_url: str, port: int, label: str) -> None:
+        url = make_url(postgres_url)
+        self.port = port
+        self.directory = Path(f"/tmp/blogapi-pgbouncer-{port}")  # noqa: S108  (the script's default)
+        users = dict.fromkeys([url.username or "root", "root", "postgres"])  # listed in its auth_file
+        self.env = {
+            **os.environ,
+            "PGBOUNCER_PORT": str(port),
+            "PGBOUNCER_DIR": str(self.directory),
+            "PGBOUNCER_UPSTREAM_HOST": url.host or "127.0.0.1",
+            "PGBOUNCER_UPSTREAM_PORT": str(url.port or 5432),
+            "PGBOUNCER_USERS": " ".join(users),
+        }
+        self.url = url.set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
+        self.log = LOGS / f"{label}.log"
+        self.pid: int | None = None
+
+    def _script(self, command: str) -> None:
+        run_command([str(PGBOUNCER_SCRIPT), command], self.env, self.log, timeout=60)
+
+    def __enter__(self) -> PgBouncer:
+        status = subprocess.run(  # noqa: S603  (our own script)
+            [str(PGBOUNCER_SCRIPT), "status"], env=self.env, capture_output=True, check=False, timeout=30
+        )
+        if status.returncode == 0:  # its settings would be someone else's: measure only our own
+            raise BenchError(
+                f"a PgBouncer already runs on port {self.port}: stop it"
+                f" (`PGBOUNCER_PORT={self.port} deploy/pgbouncer.sh stop`) or choose --pgbouncer-port"
+            )
+        self._script("start")
+        self.pid = int((self.directory / "pgbouncer.pid").read_text())
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._script("stop")
+        self.pid = None
+
+    def settings(self) -> dict[str, str]:
+        """The settings the script wrote into its pgbouncer.ini, and PgBouncer's version."""
+        ini = (self.directory / "pgbouncer.ini").read_text()
+        found = dict(re.findall(r"^(\w+) = (\S+)$", ini, re.MULTILINE))
+        version = subprocess.run(  # noqa: S603
+            [pgbouncer_executable(), "--version"], capture_output=True, text=True, check=False
+        ).stdout
+        return {
+            "version": version.splitlines()[0].removeprefix("PgBouncer ") if version else "?",
+            **{name: found.get(name, "?") for name in ("pool_mode", "default_pool_size", "max_client_conn")},
+        }
+
+
+def pooler_spec(dataset: Dataset, secret_key: str, pgbouncer: PgBouncer | None) -> AppSpec:
+    """`blogapi serve`, one worker, on PostgreSQL itself or through the PgBouncer."""
+    spec = blogapi_spec(dataset, secret_key)
+    if pgbouncer is None:
+        return replace(spec, env={**spec.env, "DATABASE_POOLER": "none"})
+    return replace(spec, env={**spec.env, "DATABASE_URL": pgbouncer.url, "DATABASE_POOLER": "pgbouncer"})
+
+
+def pgbouncer_summary(rounds: list[dict[str, dict[str, Run]]]) -> dict[str, Any]:
+    """Per scenario: medians over rounds of each mode's figures; the ratio is taken within each round."""
+    summary: dict[str, Any] = {}
+    for scenario in rounds[0]["direct"]:
+        direct = [round_["direct"][scenario] for round_ in rounds]
+        pooled = [round_["pgbouncer"][scenario] for round_ in rounds]
+        ratios = [through.rps / alone.rps for alone, through in zip(direct, pooled, strict=True)]
+        summary[scenario] = {
+            "ratio": round(statistics.median(ratios), 3),
+            "ratios_by_round": [round(ratio, 3) for ratio in ratios],
+            "other_cores": _median(run.other_cores for run in (*direct, *pooled)),
+            **{
+                mode: {
+                    "rps": statistics.median(run.rps for run in runs),
+                    "p50_ms": statistics.median(run.p50_ms for run in runs),
+                    "p99_ms": statistics.median(run.p99_ms for run in runs),
+                    "cpu_ms_per_request": _median(run.cpu_ms_per_request for run in runs),
+                    "db_cpu_ms_per_request": _median(run.db_cpu_ms_per_request for run in runs),
+                    "pooler_cpu_ms_per_request": _median(run.pooler_cpu_ms_per_request for run in runs),
+                    "non2xx": sum(run.non2xx for run in runs),
+                    "socket_errors": sum(run.socket_errors for run in runs),
+                }
+                for mode, runs in (("direct", direct), ("pgbouncer", pooled))
+            },
+        }
+    return summary
+
+
+def pgbouncer_rounds(
+    dataset: PostgresDataset, options: Options, secret_key: str, server_errors: dict[str, list[str]]
+) -> dict[str, Any]:
+    """blogapi direct to PostgreSQL and through PgBouncer side by side: alternating rounds, ratios per round.
+
+    The order flips every round (direct first, then PgBouncer first, ...). PgBouncer runs only
+    while its blogapi does, so its idle server connections neither sit among the direct
+    server's backends nor carry over from one round to the next. Both servers must answer
+    each scenario's first request alike.
+    """
+    missing = pgbouncer_missing()
+    if missing is not None:
+        print(f"  skipped: {missing}", flush=True)
+        return {"skipped": missing}
+    scenarios = tuple(name for name in PGBOUNCER_SCENARIOS if name in options.scenarios) or ("post",)
+    subset = replace(options, scenarios=scenarios)
+    preflight = Preflight()
+    rounds: list[dict[str, dict[str, Run]]] = []
+    connections: dict[str, list[int]] = {mode: [] for mode in POOLER_MODES}
+    settings: dict[str, str] = {}
+    for number in range(1, options.pgbouncer_rounds + 1):
+        by_mode: dict[str, dict[str, Run]] = {}
+        for mode in POOLER_MODES if number % 2 else POOLER_MODES[::-1]:
+            label = f"round{number}-{mode}"
+            with ExitStack() as stack:
+                pgbouncer = None
+                if mode == "pgbouncer":
+                    pgbouncer = stack.enter_context(
+                        PgBouncer(options.postgres_url, options.pgbouncer_port, f"{label}-pgbouncer")
+                    )
+                    settings = pgbouncer.settings()
+                spec = pooler_spec(dataset, secret_key, pgbouncer)
+                server = stack.enter_context(Server(spec, label, pgbouncer.pid if pgbouncer else None))
+                by_mode[mode] = run_scenarios("blogapi", server, dataset, subset, preflight, mode)
+                # After the last scenario: blogapi's pool (direct), or PgBouncer's server connections.
+                connections[mode].append(len(backends_of(dataset.name)))
+            server_errors.setdefault(f"blogapi ({POOLER_TITLES[mode]})", []).extend(server.log_errors())
+        rounds.append(by_mode)
+    summary = pgbouncer_summary(rounds)
+    return {
+        "summary": summary,
+        "connections": connections,
+        "pgbouncer": settings,
+        "pool_size": os.environ.get("POOL_SIZE", str(Settings.model_fields["pool_size"].default)),
+        "rounds": [
+            {mode: {name: asdict(run) for name, run in runs.items()} for mode, runs in round_.items()}
             for round_ in rounds
         ],
     }
@@ -1878,6 +2084,56 @@ def _workers_lines(workers: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _pgbouncer_lines(part: dict[str, Any]) -> list[str]:
+    lines = ["", "## blogapi through PgBouncer beside direct to PostgreSQL (alternating rounds)", ""]
+    if "skipped" in part:
+        return [*lines, f"Not measured: {part['skipped']}."]
+    bouncer, connections = part["pgbouncer"], part["connections"]
+    lines += [
+        "Both `blogapi serve` as shipped (one worker, access log on, a pool of"
+        f" `POOL_SIZE` {part['pool_size']}) on `blogapi_bench`: one on PostgreSQL itself, one"
+        f" through PgBouncer {bouncer['version']} in {bouncer['pool_mode']} mode, started by"
+        " `deploy/pgbouncer.sh` for its rounds alone (`default_pool_size`"
+        f" {bouncer['default_pool_size']}, `max_client_conn` {bouncer['max_client_conn']}), with"
+        " `DATABASE_POOLER=pgbouncer`: no prepared-statement caches, reads in a transaction,"
+        " `SET LOCAL statement_timeout` in each (docs/scaling.md). The order flips every round."
+        " *ratio*: requests/s through PgBouncer over direct, within each round; the median and"
+        " each round's. CPU per request: *app* the server, *DB* the PostgreSQL backends of"
+        " `blogapi_bench`, *PgBouncer* its process; *other load*: the CPU (in cores) everything"
+        " else on the machine used meanwhile.",
+        "",
+        "| scenario | req/s direct | req/s PgBouncer | ratio | by round | p50 ms direct / PgBouncer"
+        " | p99 ms direct / PgBouncer | app CPU ms/req direct / PgBouncer"
+        " | DB CPU ms/req direct / PgBouncer | PgBouncer CPU ms/req | other load | non-2xx |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for scenario, stats in part["summary"].items():
+        direct, pooled = stats["direct"], stats["pgbouncer"]
+        by_round = ", ".join(f"{ratio:.2f}" for ratio in stats["ratios_by_round"])
+        errors = (
+            f"{_errors(direct['non2xx'], direct['socket_errors'])}"
+            f" / {_errors(pooled['non2xx'], pooled['socket_errors'])}"
+        )
+        lines.append(
+            f"| {TITLES[scenario]} | {direct['rps']:.0f} | {pooled['rps']:.0f} | {stats['ratio']:.2f}"
+            f" | {by_round} | {_ms(direct['p50_ms'])} / {_ms(pooled['p50_ms'])}"
+            f" | {_ms(direct['p99_ms'])} / {_ms(pooled['p99_ms'])}"
+            f" | {_number(direct['cpu_ms_per_request'])} / {_number(pooled['cpu_ms_per_request'])}"
+            f" | {_number(direct['db_cpu_ms_per_request'])} / {_number(pooled['db_cpu_ms_per_request'])}"
+            f" | {_number(pooled['pooler_cpu_ms_per_request'])} | {_number(stats['other_cores'], 1)}"
+            f" | {errors} |"
+        )
+    direct_open = ", ".join(str(count) for count in connections["direct"])
+    pooled_open = ", ".join(str(count) for count in connections["pgbouncer"])
+    lines += [
+        "",
+        "PostgreSQL connections to `blogapi_bench` open after each round's last scenario: direct"
+        f" {direct_open} (blogapi's pool); through PgBouncer {pooled_open} (PgBouncer's server"
+        " connections, for blogapi's pool of client connections).",
+    ]
+    return lines
+
+
 def markdown(results: dict[str, Any]) -> str:
     meta, options, summary = results["meta"], results["options"], results["summary"]
     host, versions_ = meta["machine"], meta["versions"]
@@ -1932,6 +2188,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", "## blogapi on SQLite (one round, same seed)", "", *_run_rows(_runs(extras["sqlite"]))]
     if "workers" in extras:
         lines += _workers_lines(extras["workers"])
+    if "pgbouncer" in extras:
+        lines += _pgbouncer_lines(extras["pgbouncer"])
     if "soak" in extras:
         soak_ = extras["soak"]
         lines += [
@@ -2026,9 +2284,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         dataset = PostgresDataset(options.postgres_url, options.users, options.posts_per_user)
         server_errors: dict[str, list[str]] = {}
         rounds: list[dict[str, dict[str, Run]]] = []
-        if options.main:
+        if options.main or options.pgbouncer:
             print("preparing the PostgreSQL data set", flush=True)
             dataset.prepare()
+        if options.main:
             rounds = main_rounds(dataset, options, secret_key, server_errors)
         extras: dict[str, Any] = {}
         if options.sqlite:
@@ -2039,6 +2298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if options.workers:
             print("blogapi serve --workers 1 and --workers 2, side by side", flush=True)
             extras["workers"] = workers_rounds(dataset, options, secret_key, server_errors)
+        if options.pgbouncer:
+            print("blogapi direct to PostgreSQL and through PgBouncer, side by side", flush=True)
+            extras["pgbouncer"] = pgbouncer_rounds(dataset, options, secret_key, server_errors)
         if options.soak:
             extras["soak"] = soak(dataset, options, secret_key, server_errors)
         if options.auth:

@@ -98,3 +98,87 @@ def test_a_list_answered_by_the_statement_time_limit_serves_nothing_and_fails_it
     ]
 
     assert targets["q_absent"] == {"cost_small": 2.0, "cost_large": None, "growth": None, "pass": False}
+
+
+def test_pgbouncer_only_runs_the_pgbouncer_part_alone_and_a_full_run_includes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("BENCH_PGBOUNCER_PORT", raising=False)
+
+    alone = run.parse_options(["--pgbouncer-only"])
+    full = run.parse_options([])
+
+    assert alone.pgbouncer is True
+    assert (alone.main, alone.scale, alone.workers, alone.sqlite, alone.soak, alone.auth) == (False,) * 6
+    assert (alone.pgbouncer_rounds, alone.pgbouncer_port) == (3, 6439)  # never make pgbouncer-start's 6432
+    assert (full.pgbouncer, full.main) == (True, True)
+    assert run.parse_options(["--quick"]).pgbouncer is False
+    assert run.parse_options(["--no-pgbouncer"]).pgbouncer is False
+
+
+def test_scale_only_and_pgbouncer_only_together_are_refused() -> None:
+    with pytest.raises(SystemExit):
+        run.parse_options(["--scale-only", "--pgbouncer-only"])
+
+
+def test_the_pgbouncer_part_is_skipped_with_its_reason_when_pgbouncer_is_not_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "pgbouncer"
+    monkeypatch.setenv("PGBOUNCER_BIN", str(missing))
+    options = run.parse_options(["--pgbouncer-only"])
+
+    part = run.pgbouncer_rounds(None, options, "key", {})  # returns before it needs a database
+
+    assert part == {"skipped": f"no PgBouncer at {missing}: `make deploy-tools` installs Debian's pgbouncer"}
+    assert run._pgbouncer_lines(part)[-1] == f"Not measured: {part['skipped']}."
+
+
+def _pooler_run(rps: float, pooler_cpu: float | None = None) -> Any:
+    return run.Run(
+        requests=int(rps * 10),
+        seconds=10.0,
+        rps=rps,
+        p50_ms=5.0,
+        p90_ms=8.0,
+        p99_ms=20.0,
+        max_ms=40.0,
+        non2xx=0,
+        socket_errors=0,
+        cpu_ms_per_request=1.0,
+        db_cpu_ms_per_request=0.2,
+        other_cores=0.1,
+        pooler_cpu_ms_per_request=pooler_cpu,
+    )
+
+
+def test_the_pgbouncer_ratio_is_taken_within_each_round_and_reported_beside_the_direct_figures() -> None:
+    # The machine slows down in round 2: both modes lose half, the ratio within the round holds.
+    rounds = [
+        {"direct": {"post": _pooler_run(400)}, "pgbouncer": {"post": _pooler_run(300, 0.05)}},
+        {"direct": {"post": _pooler_run(200)}, "pgbouncer": {"post": _pooler_run(160, 0.07)}},
+        {"direct": {"post": _pooler_run(380)}, "pgbouncer": {"post": _pooler_run(266, 0.06)}},
+    ]
+
+    summary = run.pgbouncer_summary(rounds)
+    part = {
+        "summary": summary,
+        "connections": {"direct": [15, 15, 15], "pgbouncer": [6, 7, 6]},
+        "pgbouncer": {
+            "version": "1.18.0",
+            "pool_mode": "transaction",
+            "default_pool_size": "20",
+            "max_client_conn": "1000",
+        },
+        "pool_size": "15",
+    }
+    lines = run._pgbouncer_lines(part)
+
+    assert summary["post"]["ratios_by_round"] == [0.75, 0.8, 0.7]
+    assert summary["post"]["ratio"] == 0.75
+    assert summary["post"]["direct"]["rps"] == 380
+    assert summary["post"]["pgbouncer"]["pooler_cpu_ms_per_request"] == 0.06
+    assert summary["post"]["direct"]["pooler_cpu_ms_per_request"] is None
+    assert "| GET /api/v1/posts/{id} | 380 | 266 | 0.75 | 0.75, 0.80, 0.70 |" in "\n".join(lines)
+    assert lines[-1].startswith("PostgreSQL connections to `blogapi_bench` open after each round's last")
+    assert "direct 15, 15, 15 (blogapi's pool); through PgBouncer 6, 7, 6" in lines[-1]
